@@ -1,0 +1,197 @@
+//! [`AdaptedLinear`]: the seam where adapters plug into a model.
+
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::{Tensor, backend::Backend, module::linear};
+
+use crate::adapter::Adapter;
+
+/// A linear layer with a frozen base and any number of adapters (usually zero or one).
+///
+/// `y = x·W0 + b + Σᵢ adapterᵢ(x, W0)`, with `W0: [d_input, d_output]`. While training, each
+/// adapter contributes on its factorized path (for PEANuT `s·((x·H)·B)`), so `ΔW` is never built.
+///
+/// The base weight and bias never receive gradients: they are marked `no_grad` and detached in
+/// [`forward`](AdaptedLinear::forward). [`AdaptedLinear::unfreeze_base`] turns that off for full
+/// fine-tuning through the same model type.
+///
+/// Merging follows spec §6: every `ΔW` is computed from the ORIGINAL `W0`, which this layer keeps,
+/// so unmerging is exact and the order of adapters does not matter.
+#[derive(Module, Debug)]
+pub struct AdaptedLinear<B: Backend> {
+    /// The pretrained layer: `W0: [d_input, d_output]` and its bias. Always the original weight,
+    /// also while merged.
+    pub base: Linear<B>,
+    /// The adapters; their contributions add up.
+    pub adapters: Vec<Adapter<B>>,
+    /// `W0 + ΣΔW`, cached while the layer is merged for inference (not saved in records).
+    merged_weight: Option<Tensor<B, 2>>,
+    /// Whether the base takes gradients (full fine-tuning).
+    #[module(skip)]
+    base_trainable: bool,
+}
+
+impl<B: Backend> AdaptedLinear<B> {
+    /// Wraps a pretrained layer, freezing it. Attach adapters with [`AdaptedLinear::with_adapter`].
+    pub fn new(base: Linear<B>) -> Self {
+        Self {
+            base: base.no_grad(),
+            adapters: Vec::new(),
+            merged_weight: None,
+            base_trainable: false,
+        }
+    }
+
+    /// Adds an adapter.
+    ///
+    /// # Panics
+    /// When the adapter was built for another output width (a programming error; loaders check
+    /// shapes and return errors).
+    pub fn with_adapter(mut self, adapter: Adapter<B>) -> Self {
+        self.push_adapter(adapter);
+        self
+    }
+
+    /// Adds an adapter in place, unmerging first if needed.
+    ///
+    /// # Panics
+    /// As [`AdaptedLinear::with_adapter`].
+    pub fn push_adapter(&mut self, adapter: Adapter<B>) {
+        let [d_input, d_output] = self.dims();
+        let fits = match &adapter {
+            Adapter::Peanut(peanut) => peanut.d_output() == d_output,
+            Adapter::Lora(lora) => lora.a.dims()[0] == d_input && lora.b.dims()[1] == d_output,
+        };
+        assert!(
+            fits,
+            "adapter does not fit a [{d_input}, {d_output}] linear layer"
+        );
+        self.unmerge();
+        self.adapters.push(adapter);
+    }
+
+    /// Lets the base weight and bias train too (full fine-tuning), or freezes them again.
+    pub fn unfreeze_base(mut self, trainable: bool) -> Self {
+        self.base_trainable = trainable;
+        let set = |param: Param<Tensor<B, 2>>| param.set_require_grad(trainable);
+        self.base.weight = set(self.base.weight);
+        self.base.bias = self.base.bias.map(|bias| bias.set_require_grad(trainable));
+        self
+    }
+
+    /// Whether the base weight and bias take gradients.
+    pub fn is_base_trainable(&self) -> bool {
+        self.base_trainable
+    }
+
+    /// `[d_input, d_output]` of the layer.
+    pub fn dims(&self) -> [usize; 2] {
+        self.base.weight.dims()
+    }
+
+    /// The original weight `W0`, detached unless the base is trainable.
+    fn w0(&self) -> Tensor<B, 2> {
+        let w0 = self.base.weight.val();
+        if self.base_trainable { w0 } else { w0.detach() }
+    }
+
+    fn bias(&self) -> Option<Tensor<B, 1>> {
+        let bias = self.base.bias.as_ref().map(|bias| bias.val());
+        if self.base_trainable {
+            bias
+        } else {
+            bias.map(Tensor::detach)
+        }
+    }
+
+    /// The layer output.
+    ///
+    /// Unmerged: `x·W0 + b + Σ adapter(x, W0)` on the factorized path. Merged: one matmul with
+    /// the cached `W0 + ΣΔW` (inference; adapters get no gradient then).
+    ///
+    /// # Shapes
+    /// - x: `[..., d_input]`
+    /// - output: `[..., d_output]`
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        if let Some(merged) = &self.merged_weight {
+            return linear(x, merged.clone(), self.bias());
+        }
+        let w0 = self.w0();
+        let mut y = linear(x.clone(), w0.clone(), self.bias());
+        for adapter in &self.adapters {
+            y = y + adapter.forward(x.clone(), w0.clone());
+        }
+        y
+    }
+
+    /// `W0 + ΣᵢΔWᵢ(W0)`: every update from the original weight (spec §6).
+    ///
+    /// # Shapes
+    /// - output: `[d_input, d_output]`
+    pub fn merged_weight(&self) -> Tensor<B, 2> {
+        merge_weight(self.w0(), &self.adapters)
+    }
+
+    /// A plain `Linear` with the merged weight `W0 + ΣΔW` and the base bias; `self` keeps the
+    /// original `W0`, so nothing is lost.
+    pub fn merge(&self) -> Linear<B> {
+        Linear {
+            weight: Param::from_tensor(self.merged_weight().detach()),
+            bias: self
+                .base
+                .bias
+                .as_ref()
+                .map(|bias| Param::from_tensor(bias.val().detach())),
+        }
+    }
+
+    /// Consumes the layer into its merged `Linear`.
+    pub fn into_merged(self) -> Linear<B> {
+        self.merge()
+    }
+
+    /// Caches the merged weight so [`forward`](AdaptedLinear::forward) costs one plain matmul.
+    /// A no-op when there are no adapters or the layer is already merged.
+    pub fn merge_in_place(&mut self) {
+        if self.merged_weight.is_none() && !self.adapters.is_empty() {
+            self.merged_weight = Some(self.merged_weight().detach());
+        }
+    }
+
+    /// Drops the merged weight; the original `W0` was never touched, so this is exact.
+    pub fn unmerge(&mut self) {
+        self.merged_weight = None;
+    }
+
+    /// Whether [`merge_in_place`](AdaptedLinear::merge_in_place) is in effect.
+    pub fn is_merged(&self) -> bool {
+        self.merged_weight.is_some()
+    }
+
+    /// Number of adapter parameters on this layer (what trains when the base is frozen).
+    pub fn num_adapter_params(&self) -> usize {
+        self.adapters.iter().map(Module::num_params).sum()
+    }
+
+    /// Number of parameters that train: the adapters', plus the base's when it is unfrozen.
+    pub fn num_trainable_params(&self) -> usize {
+        let base = if self.base_trainable {
+            self.base.num_params()
+        } else {
+            0
+        };
+        base + self.num_adapter_params()
+    }
+}
+
+/// `W0 + Σ ΔWᵢ(W0)`, each update computed from the same original `w0`, so the result does not
+/// depend on the order of `adapters`.
+///
+/// # Shapes
+/// - w0: `[d_input, d_output]`
+/// - output: `[d_input, d_output]`
+pub fn merge_weight<B: Backend>(w0: Tensor<B, 2>, adapters: &[Adapter<B>]) -> Tensor<B, 2> {
+    adapters.iter().fold(w0.clone(), |merged, adapter| {
+        merged + adapter.delta_weight(w0.clone())
+    })
+}

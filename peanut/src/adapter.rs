@@ -1,0 +1,72 @@
+//! [`Adapter`]: the closed set of adapter kinds a layer can carry.
+
+use burn::module::Module;
+use burn::tensor::{Tensor, backend::Backend};
+
+use crate::config::{AdapterConfig, LoraConfig};
+use crate::lora::Lora;
+use crate::peanut::Peanut;
+
+/// One adapter on a linear layer. An enum rather than a trait object, because burn modules
+/// cannot be trait objects; models, trainers and checkpoints therefore never branch on the method.
+#[derive(Module, Debug)]
+pub enum Adapter<B: Backend> {
+    /// A PEANuT adapter (weight-aware).
+    Peanut(Peanut<B>),
+    /// A LoRA adapter (the baseline).
+    Lora(Lora<B>),
+}
+
+impl<B: Backend> Adapter<B> {
+    /// The update `ΔW` this adapter adds to the frozen weight `w0`.
+    ///
+    /// # Shapes
+    /// - w0: `[d_input, d_output]`
+    /// - output: `[d_input, d_output]`
+    pub fn delta_weight(&self, w0: Tensor<B, 2>) -> Tensor<B, 2> {
+        match self {
+            Self::Peanut(adapter) => adapter.delta_weight(w0),
+            Self::Lora(adapter) => adapter.delta_weight(),
+        }
+    }
+
+    /// The adapter's contribution to the layer output, on the factorized path.
+    ///
+    /// # Shapes
+    /// - x: `[..., d_input]`
+    /// - w0: `[d_input, d_output]`
+    /// - output: `[..., d_output]`
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>, w0: Tensor<B, 2>) -> Tensor<B, D> {
+        match self {
+            Self::Peanut(adapter) => adapter.forward(x, w0),
+            Self::Lora(adapter) => adapter.forward(x),
+        }
+    }
+
+    /// The rank of the adapter.
+    pub fn rank(&self) -> usize {
+        match self {
+            Self::Peanut(adapter) => adapter.rank(),
+            Self::Lora(adapter) => adapter.rank(),
+        }
+    }
+
+    /// A short name of the method: `"peanut"` or `"lora"`.
+    pub fn method(&self) -> &'static str {
+        match self {
+            Self::Peanut(_) => "peanut",
+            Self::Lora(_) => "lora",
+        }
+    }
+
+    /// The configuration describing this adapter. For LoRA, `alpha` is recovered as
+    /// `scaling · rank`.
+    pub fn config(&self) -> AdapterConfig {
+        match self {
+            Self::Peanut(adapter) => AdapterConfig::Peanut(adapter.config()),
+            Self::Lora(adapter) => AdapterConfig::Lora(
+                LoraConfig::new(adapter.rank()).with_alpha(adapter.scaling * adapter.rank() as f64),
+            ),
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The one error type of the `peanut` crate.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in `peanut` with input that a user supplies: configurations,
+/// adapter files and the tensors inside them.
+///
+/// Shape mismatches between tensors built by the program itself (a bug, not user input) panic in
+/// burn's operations as usual; everything read from disk or passed in a config lands here.
+#[derive(Debug, thiserror::Error)]
+pub enum PeanutError {
+    /// A configuration field holds a value the method cannot use.
+    #[error("invalid configuration: `{field}` {reason}")]
+    InvalidConfig {
+        /// The field's name, as spelled in the config struct (`rank`, `depth`, …).
+        field: &'static str,
+        /// What is wrong with it, including the offending value.
+        reason: String,
+    },
+
+    /// A file or directory could not be read or written.
+    #[error("{action} `{path}`: {source}")]
+    Io {
+        /// What was being done ("cannot read", "cannot write", …).
+        action: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A JSON file did not parse, or did not have the expected fields.
+    #[error("malformed JSON in `{path}`: {source}")]
+    Json {
+        /// The JSON file.
+        path: PathBuf,
+        /// The parser's error (line and column included).
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A safetensors file did not parse.
+    #[error("malformed safetensors file `{path}`: {source}")]
+    Safetensors {
+        /// The safetensors file.
+        path: PathBuf,
+        /// The parser's error.
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+
+    /// A tensor the adapter needs is absent from a file.
+    #[error("`{path}` has no tensor `{key}`")]
+    MissingKey {
+        /// The file that was read.
+        path: PathBuf,
+        /// The key that was looked for.
+        key: String,
+    },
+
+    /// A file holds a tensor that no adapter in the target uses.
+    #[error("`{path}` holds tensor `{key}`, which matches no adapter module{hint}")]
+    UnexpectedKey {
+        /// The file that was read.
+        path: PathBuf,
+        /// The unused key.
+        key: String,
+        /// Extra context (for example the module paths that were expected).
+        hint: String,
+    },
+
+    /// A tensor has a different shape from the one the adapter needs.
+    #[error("tensor `{key}` has shape {found:?}, expected {expected:?}")]
+    ShapeMismatch {
+        /// The key (file tensors) or parameter name (modules) involved.
+        key: String,
+        /// The shape the adapter needs.
+        expected: Vec<usize>,
+        /// The shape that was found.
+        found: Vec<usize>,
+    },
+
+    /// A tensor is stored with a dtype `peanut` cannot convert to floats.
+    #[error("tensor `{key}` has dtype {dtype}, expected F32, F16, BF16 or F64")]
+    UnsupportedDtype {
+        /// The key of the tensor.
+        key: String,
+        /// The dtype as the file spells it.
+        dtype: String,
+    },
+
+    /// An adapter file describes something this crate does not implement.
+    #[error("`{path}`: {reason}")]
+    Unsupported {
+        /// The file.
+        path: PathBuf,
+        /// What is not supported.
+        reason: String,
+    },
+
+    /// An operation needs adapters of one kind but got another (for example a PEANuT file
+    /// loaded onto LoRA layers).
+    #[error("adapter `{module}`: {reason}")]
+    AdapterMismatch {
+        /// The module path of the adapter.
+        module: String,
+        /// What does not fit.
+        reason: String,
+    },
+}
+
+/// `Result` with [`PeanutError`].
+pub type Result<T, E = PeanutError> = std::result::Result<T, E>;

@@ -1,0 +1,298 @@
+//! Adapter files: only the adapter parameters and their configuration, never the base model.
+//!
+//! Two formats:
+//! - [`native`]: this crate's own, `peanut_config.json` + `peanut_adapter.safetensors`, tensors in
+//!   burn's layout; holds PEANuT and LoRA adapters, each module with its own configuration.
+//! - [`peft`]: Hugging Face peft's PEANuT format, `adapter_config.json` (`"peft_type": "PEANUT"`)
+//!   + `adapter_model.safetensors`, tensors in PyTorch's `[out, in]` layout.
+//!
+//! Loading yields an [`AdapterMap`] keyed by module path; [`attach`] puts it onto a model's
+//! [`AdaptedLinear`] layers, checking every shape. Every write is atomic (temporary file, then
+//! rename), so a crash never leaves a half-written file behind.
+
+pub mod native;
+pub mod peft;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+use safetensors::{Dtype, SafeTensors};
+
+use crate::adapted::AdaptedLinear;
+use crate::adapter::Adapter;
+use crate::error::{PeanutError, Result};
+
+pub use native::{load, save};
+pub use peft::{PeftPaths, SamePaths, load_peft, save_peft};
+
+/// Adapters read from a file, keyed by module path (for example
+/// `encoder.layer.0.attention.attention.query`), in the path order of a `BTreeMap`.
+pub type AdapterMap<B> = BTreeMap<String, Adapter<B>>;
+
+/// Which format a directory holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// This crate's format ([`native`]).
+    Native,
+    /// Hugging Face peft's PEANuT format ([`peft`]).
+    Peft,
+}
+
+/// Tells which format `dir` holds, by its configuration file.
+pub fn detect_format(dir: &Path) -> Result<Format> {
+    if dir.join(native::CONFIG_FILE).is_file() {
+        Ok(Format::Native)
+    } else if dir.join(peft::CONFIG_FILE).is_file() {
+        Ok(Format::Peft)
+    } else {
+        Err(PeanutError::Io {
+            action: "no adapter found in",
+            path: dir.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "expected `{}` (peanut format) or `{}` (peft format)",
+                    native::CONFIG_FILE,
+                    peft::CONFIG_FILE
+                ),
+            ),
+        })
+    }
+}
+
+/// Loads either format, detected by [`detect_format`]. `paths` maps peft's module names onto
+/// the model's; it is not used for the native format.
+pub fn load_any<B: Backend>(
+    dir: &Path,
+    paths: &dyn PeftPaths,
+    device: &B::Device,
+) -> Result<AdapterMap<B>> {
+    match detect_format(dir)? {
+        Format::Native => native::load(dir, device),
+        Format::Peft => peft::load_peft(dir, paths, device),
+    }
+}
+
+/// Puts loaded adapters onto a model's layers: each layer named in `adapters` gets that adapter
+/// in place of whatever adapters it had.
+///
+/// Every module path must name one of `layers`, and every adapter must fit its layer; otherwise
+/// nothing is changed and the error names the module or tensor and both shapes. Layers not named
+/// in `adapters` are left as they are.
+pub fn attach<'a, B: Backend>(
+    layers: impl IntoIterator<Item = (String, &'a mut AdaptedLinear<B>)>,
+    adapters: AdapterMap<B>,
+) -> Result<()> {
+    let mut layers: BTreeMap<String, &'a mut AdaptedLinear<B>> = layers.into_iter().collect();
+    // Check everything before touching anything.
+    for (path, adapter) in &adapters {
+        let Some(layer) = layers.get(path) else {
+            let known: Vec<&str> = layers.keys().map(String::as_str).take(8).collect();
+            return Err(PeanutError::UnexpectedKey {
+                path: PathBuf::from("<adapters>"),
+                key: path.clone(),
+                hint: format!("; the model's adapted layers include {known:?}"),
+            });
+        };
+        check_fits(path, adapter, layer.dims())?;
+    }
+    for (path, adapter) in adapters {
+        let layer = layers.get_mut(&path).expect("checked above");
+        layer.adapters.clear();
+        layer.push_adapter(adapter);
+    }
+    Ok(())
+}
+
+/// Checks that `adapter` fits a `[d_input, d_output]` layer; the error names the tensor.
+pub fn check_fits<B: Backend>(
+    module: &str,
+    adapter: &Adapter<B>,
+    [d_input, d_output]: [usize; 2],
+) -> Result<()> {
+    let (key, expected, found) = match adapter {
+        Adapter::Peanut(peanut) => {
+            let [rows, rank] = peanut.a.dims();
+            (format!("{module}.peanut.a"), [d_output, rank], [rows, rank])
+        }
+        Adapter::Lora(lora) => {
+            let a = lora.a.dims();
+            let b = lora.b.dims();
+            if a[0] != d_input {
+                (format!("{module}.lora.a"), [d_input, a[1]], a)
+            } else {
+                (format!("{module}.lora.b"), [b[0], d_output], b)
+            }
+        }
+    };
+    if expected == found {
+        Ok(())
+    } else {
+        Err(PeanutError::ShapeMismatch {
+            key,
+            expected: expected.to_vec(),
+            found: found.to_vec(),
+        })
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, flushed to disk,
+/// then renamed over the target. Parent directories are created.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let io_err = |action, source| PeanutError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(|e| io_err("cannot create the directory of", e))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let written = (|| {
+        let mut file = fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err("cannot write", e));
+    }
+    Ok(())
+}
+
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).map_err(|source| PeanutError::Io {
+        action: "cannot read",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let bytes = read_file(path)?;
+    serde_json::from_slice(&bytes).map_err(|source| PeanutError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+pub(crate) fn parse_safetensors<'a>(path: &Path, bytes: &'a [u8]) -> Result<SafeTensors<'a>> {
+    SafeTensors::deserialize(bytes).map_err(|source| PeanutError::Safetensors {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A float tensor read from a safetensors file as `f32` values and its shape.
+pub(crate) struct RawTensor {
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+impl RawTensor {
+    /// Reads `key` from `file` (converting F16, BF16 and F64 to f32).
+    pub fn read(file: &SafeTensors<'_>, path: &Path, key: &str) -> Result<Self> {
+        let view = file.tensor(key).map_err(|_| PeanutError::MissingKey {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+        })?;
+        let data = view.data();
+        let values = match view.dtype() {
+            Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F64 => data
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
+                .collect(),
+            Dtype::F16 => data
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => data
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(PeanutError::UnsupportedDtype {
+                    key: key.to_string(),
+                    dtype: format!("{other:?}"),
+                });
+            }
+        };
+        Ok(Self {
+            shape: view.shape().to_vec(),
+            values,
+        })
+    }
+
+    /// The tensor as a matrix, or a shape error naming `key` when it is not `expected`
+    /// (`None` in `expected` accepts any size on that axis).
+    pub fn matrix<B: Backend>(
+        self,
+        key: &str,
+        expected: [Option<usize>; 2],
+        device: &B::Device,
+    ) -> Result<Tensor<B, 2>> {
+        let fits = self.shape.len() == 2
+            && expected
+                .iter()
+                .zip(&self.shape)
+                .all(|(want, &got)| want.is_none_or(|w| w == got));
+        if !fits {
+            return Err(PeanutError::ShapeMismatch {
+                key: key.to_string(),
+                expected: expected
+                    .iter()
+                    .zip(self.shape.iter().chain(std::iter::repeat(&0)))
+                    .map(|(want, &got)| want.unwrap_or(got))
+                    .collect(),
+                found: self.shape,
+            });
+        }
+        let shape = [self.shape[0], self.shape[1]];
+        Ok(Tensor::from_data(
+            TensorData::new(self.values, shape),
+            device,
+        ))
+    }
+}
+
+/// A tensor's values as little-endian f32 bytes, with its shape, ready for safetensors.
+pub(crate) fn tensor_bytes<B: Backend, const D: usize>(
+    tensor: Tensor<B, D>,
+) -> (Vec<usize>, Vec<u8>) {
+    let shape = tensor.dims().to_vec();
+    let values = tensor
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("float tensor converts to f32");
+    let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    (shape, bytes)
+}
+
+/// Serializes named f32 tensors (shape, bytes) with optional metadata.
+pub(crate) fn serialize_tensors(
+    tensors: &BTreeMap<String, (Vec<usize>, Vec<u8>)>,
+    metadata: Option<std::collections::HashMap<String, String>>,
+    path: &Path,
+) -> Result<Vec<u8>> {
+    let views = tensors
+        .iter()
+        .map(|(key, (shape, bytes))| {
+            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
+                .map(|view| (key.clone(), view))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .and_then(|views| safetensors::serialize(views, metadata));
+    views.map_err(|source| PeanutError::Safetensors {
+        path: path.to_path_buf(),
+        source,
+    })
+}
