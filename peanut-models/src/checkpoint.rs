@@ -1,0 +1,278 @@
+//! Hugging Face checkpoints on disk: `config.json` plus `model.safetensors` or a sharded
+//! `model.safetensors.index.json`, read into burn tensors and written back.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+use safetensors::{Dtype, SafeTensors};
+use serde::Deserialize;
+
+use crate::error::{ModelError, Result};
+
+/// The single-file weights name transformers writes.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// The shard index transformers writes for large models.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+/// The model configuration file.
+pub const CONFIG_FILE: &str = "config.json";
+
+/// One safetensors file held in memory with its parsed header.
+struct Shard {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    /// Offset of the data section (8 + header length).
+    data_start: usize,
+    metadata: safetensors::tensor::Metadata,
+}
+
+/// The weights of a Hugging Face checkpoint directory, single-file or sharded.
+///
+/// Tensors are read by their Hugging Face key in PyTorch's layout and converted from f32, f16,
+/// bf16 or f64 to the backend's float type. Every error names the file and the key.
+pub struct Checkpoint {
+    dir: PathBuf,
+    shards: Vec<Shard>,
+    /// Key to the index of its shard.
+    keys: BTreeMap<String, usize>,
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("dir", &self.dir)
+            .field(
+                "shards",
+                &self.shards.iter().map(|s| &s.path).collect::<Vec<_>>(),
+            )
+            .field("tensors", &self.keys.len())
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct ShardIndex {
+    weight_map: BTreeMap<String, String>,
+}
+
+impl Checkpoint {
+    /// Opens `dir/model.safetensors.index.json` (and every shard it lists) when present, else
+    /// `dir/model.safetensors`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let index_path = dir.join(INDEX_FILE);
+        let single = dir.join(WEIGHTS_FILE);
+        let mut shards = Vec::new();
+        let mut keys = BTreeMap::new();
+        if index_path.is_file() {
+            let index: ShardIndex = read_json(&index_path)?;
+            let mut by_file: HashMap<String, usize> = HashMap::new();
+            for (key, file) in &index.weight_map {
+                let shard = match by_file.get(file) {
+                    Some(&i) => i,
+                    None => {
+                        shards.push(Shard::read(&dir.join(file))?);
+                        by_file.insert(file.clone(), shards.len() - 1);
+                        shards.len() - 1
+                    }
+                };
+                if shards[shard].metadata.info(key).is_none() {
+                    return Err(ModelError::MissingKey {
+                        path: shards[shard].path.clone(),
+                        key: format!("{key} (listed for this file in `{INDEX_FILE}`)"),
+                    });
+                }
+                keys.insert(key.clone(), shard);
+            }
+        } else if single.is_file() {
+            let shard = Shard::read(&single)?;
+            for key in shard.metadata.tensors().keys() {
+                keys.insert(key.clone(), 0);
+            }
+            shards.push(shard);
+        } else {
+            return Err(ModelError::Io {
+                action: "no weights found in",
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("expected `{WEIGHTS_FILE}` or `{INDEX_FILE}`"),
+                ),
+            });
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            shards,
+            keys,
+        })
+    }
+
+    /// The checkpoint directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether the checkpoint holds `key`.
+    pub fn contains(&self, key: &str) -> bool {
+        self.keys.contains_key(key)
+    }
+
+    /// Every key, sorted.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.keys.keys().map(String::as_str)
+    }
+
+    /// The shape of `key` as stored, if present.
+    pub fn shape(&self, key: &str) -> Option<Vec<usize>> {
+        let shard = &self.shards[*self.keys.get(key)?];
+        shard.metadata.info(key).map(|info| info.shape.clone())
+    }
+
+    /// The file holding `key` (the single weights file or index when absent).
+    pub fn file_of(&self, key: &str) -> PathBuf {
+        match self.keys.get(key) {
+            Some(&i) => self.shards[i].path.clone(),
+            None if self.shards.len() == 1 && !self.dir.join(INDEX_FILE).is_file() => {
+                self.shards[0].path.clone()
+            }
+            None => self.dir.join(INDEX_FILE),
+        }
+    }
+
+    /// Reads `key` as a `D`-dimensional tensor of exactly `shape` (PyTorch layout).
+    ///
+    /// # Shapes
+    /// - output: `shape`
+    pub fn tensor<B: Backend, const D: usize>(
+        &self,
+        key: &str,
+        shape: [usize; D],
+        device: &B::Device,
+    ) -> Result<Tensor<B, D>> {
+        let Some(&index) = self.keys.get(key) else {
+            return Err(ModelError::MissingKey {
+                path: self.file_of(key),
+                key: key.to_string(),
+            });
+        };
+        let shard = &self.shards[index];
+        let info = shard.metadata.info(key).expect("indexed keys exist");
+        if info.shape != shape {
+            return Err(ModelError::ShapeMismatch {
+                path: shard.path.clone(),
+                key: key.to_string(),
+                expected: shape.to_vec(),
+                found: info.shape.clone(),
+            });
+        }
+        let (start, end) = info.data_offsets;
+        let data = &shard.bytes[shard.data_start + start..shard.data_start + end];
+        let values = decode(data, info.dtype).ok_or_else(|| ModelError::UnsupportedDtype {
+            path: shard.path.clone(),
+            key: key.to_string(),
+            dtype: format!("{:?}", info.dtype),
+        })?;
+        Ok(Tensor::from_data(TensorData::new(values, shape), device))
+    }
+}
+
+impl Shard {
+    fn read(path: &Path) -> Result<Self> {
+        let bytes = fs::read(path).map_err(|source| ModelError::Io {
+            action: "cannot read",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(&bytes).map_err(|source| ModelError::Safetensors {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            bytes,
+            data_start: 8 + header_len,
+            metadata,
+        })
+    }
+}
+
+/// Little-endian bytes of a float dtype to f32 values; `None` for non-float dtypes.
+fn decode(data: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
+    Some(match dtype {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::F64 => data
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
+            .collect(),
+        _ => return None,
+    })
+}
+
+/// Reads and parses a JSON file, naming it in errors.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let bytes = fs::read(path).map_err(|source| ModelError::Io {
+        action: "cannot read",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|source| ModelError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Tensors on their way into a Hugging Face checkpoint: key → (shape, f32 values), PyTorch
+/// layout.
+pub type TensorMap = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
+/// Writes `dir/model.safetensors` (f32, `{"format": "pt"}` metadata, as transformers expects)
+/// and `dir/config.json`.
+pub fn write_checkpoint(dir: &Path, tensors: &TensorMap, config: &serde_json::Value) -> Result<()> {
+    let io = |action, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ModelError::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    fs::create_dir_all(dir).map_err(io("cannot create", dir))?;
+    let weights_path = dir.join(WEIGHTS_FILE);
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(key, (shape, values))| {
+            let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (key.clone(), shape.clone(), raw)
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(key, shape, raw)| {
+            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), raw)
+                .map(|view| (key.clone(), view))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>();
+    let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
+    let serialized = views
+        .and_then(|views| safetensors::serialize(views, metadata))
+        .map_err(|source| ModelError::Safetensors {
+            path: weights_path.clone(),
+            source,
+        })?;
+    fs::write(&weights_path, serialized).map_err(io("cannot write", &weights_path))?;
+    let config_path = dir.join(CONFIG_FILE);
+    let json = serde_json::to_vec_pretty(config).expect("JSON values serialize");
+    fs::write(&config_path, json).map_err(io("cannot write", &config_path))
+}

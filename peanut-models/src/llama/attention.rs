@@ -1,0 +1,130 @@
+//! [`LlamaAttention`]: grouped-query causal self-attention with rotary positions.
+
+use burn::module::Module;
+use burn::tensor::{Bool, Tensor, TensorData, activation::softmax, backend::Backend};
+use peanut::AdaptedLinear;
+
+use super::cache::KvCache;
+use super::config::LlamaConfig;
+use super::rope::apply_rotary;
+use crate::error::Result;
+use crate::source::Source;
+
+/// Self-attention with `num_attention_heads` query heads sharing `num_key_value_heads`
+/// key/value heads (each key/value head serves a consecutive group of query heads).
+///
+/// `q_proj: [hidden, heads·head_dim]`, `k_proj`/`v_proj: [hidden, kv_heads·head_dim]`,
+/// `o_proj: [heads·head_dim, hidden]`.
+#[derive(Module, Debug)]
+pub struct LlamaAttention<B: Backend> {
+    /// Query projection.
+    pub q_proj: AdaptedLinear<B>,
+    /// Key projection.
+    pub k_proj: AdaptedLinear<B>,
+    /// Value projection.
+    pub v_proj: AdaptedLinear<B>,
+    /// Output projection.
+    pub o_proj: AdaptedLinear<B>,
+    /// Query heads.
+    #[module(skip)]
+    pub num_heads: usize,
+    /// Key/value heads.
+    #[module(skip)]
+    pub num_key_value_heads: usize,
+    /// Width of one head.
+    #[module(skip)]
+    pub head_dim: usize,
+}
+
+impl<B: Backend> LlamaAttention<B> {
+    pub(crate) fn build(
+        config: &LlamaConfig,
+        prefix: &str,
+        source: &mut Source<'_, B>,
+    ) -> Result<Self> {
+        let d = config.hidden_size;
+        let head_dim = config.head_dim();
+        let q = config.num_attention_heads * head_dim;
+        let kv = config.num_key_value_heads * head_dim;
+        let qkv_bias = config.attention_bias || config.qkv_bias;
+        let mut linear = |name: &str, d_in, d_out, bias| {
+            source.linear(&format!("{prefix}.{name}"), d_in, d_out, bias)
+        };
+        Ok(Self {
+            q_proj: linear("q_proj", d, q, qkv_bias)?,
+            k_proj: linear("k_proj", d, kv, qkv_bias)?,
+            v_proj: linear("v_proj", d, kv, qkv_bias)?,
+            o_proj: linear("o_proj", q, d, config.attention_bias)?,
+            num_heads: config.num_attention_heads,
+            num_key_value_heads: config.num_key_value_heads,
+            head_dim,
+        })
+    }
+
+    /// Attends each new position to every earlier one (and itself).
+    ///
+    /// `cache`, when given, holds block `layer`'s past keys/values and receives the new ones;
+    /// the new positions then start at `cache.len()`, which `cos`/`sin` must match.
+    ///
+    /// # Shapes
+    /// - x: `[batch, len, hidden]`
+    /// - cos, sin: `[len, head_dim]`
+    /// - output: `[batch, len, hidden]`
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 2>,
+        sin: &Tensor<B, 2>,
+        cache: Option<(&mut KvCache<B>, usize)>,
+    ) -> Tensor<B, 3> {
+        let [batch, len, _] = x.dims();
+        let head_dim = self.head_dim;
+        let split = |t: Tensor<B, 3>, heads: usize| {
+            t.reshape([batch, len, heads, head_dim]).swap_dims(1, 2)
+        };
+        let q = split(self.q_proj.forward(x.clone()), self.num_heads);
+        let k = split(self.k_proj.forward(x.clone()), self.num_key_value_heads);
+        let v = split(self.v_proj.forward(x), self.num_key_value_heads);
+        let q = apply_rotary(q, cos, sin);
+        let k = apply_rotary(k, cos, sin);
+        let (k, v) = match cache {
+            Some((cache, layer)) => cache.append(layer, k, v),
+            None => (k, v),
+        };
+        let total = k.dims()[2];
+        let k = self.repeat_kv(k);
+        let v = self.repeat_kv(v);
+        let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
+        let mask = causal_mask::<B>(len, total, &scores.device());
+        let scores = scores.mask_fill(mask.unsqueeze::<4>(), f32::NEG_INFINITY);
+        let context = softmax(scores, 3).matmul(v);
+        let context = context
+            .swap_dims(1, 2)
+            .reshape([batch, len, self.num_heads * head_dim]);
+        self.o_proj.forward(context)
+    }
+
+    /// Repeats each key/value head for its group of query heads.
+    fn repeat_kv(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let groups = self.num_heads / self.num_key_value_heads;
+        if groups == 1 {
+            return x;
+        }
+        let [batch, kv_heads, len, dim] = x.dims();
+        x.unsqueeze_dim::<5>(2)
+            .expand([batch, kv_heads, groups, len, dim])
+            .reshape([batch, kv_heads * groups, len, dim])
+    }
+}
+
+/// `true` where a query (the last `len` of `total` positions) must not see a key.
+///
+/// # Shapes
+/// - output: `[len, total]`
+fn causal_mask<B: Backend>(len: usize, total: usize, device: &B::Device) -> Tensor<B, 2, Bool> {
+    let offset = total - len;
+    let values: Vec<bool> = (0..len)
+        .flat_map(|i| (0..total).map(move |j| j > offset + i))
+        .collect();
+    Tensor::from_data(TensorData::new(values, [len, total]), device)
+}

@@ -1,0 +1,257 @@
+//! [`Llama`]: a LLaMA-style causal language model, loadable from transformers checkpoints.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::nn::Embedding;
+use burn::tensor::{Int, Tensor, backend::Backend, module::linear};
+use peanut::AdaptedLinear;
+use peanut::io::PeftPaths;
+
+use super::cache::KvCache;
+use super::config::LlamaConfig;
+use super::layer::{LlamaDecoderLayer, rms_norm};
+use super::paths::LlamaPeftPaths;
+use super::rope::{inverse_frequencies, rotary_tables};
+use crate::adaptable::AdaptableModel;
+use crate::checkpoint::{CONFIG_FILE, Checkpoint, write_checkpoint};
+use crate::error::{ModelError, Result};
+use crate::rms_norm::RmsNorm;
+use crate::source::{Init, Source};
+use crate::targets::LinearSite;
+
+/// The decoder (`model.*` in a `LlamaForCausalLM` checkpoint).
+#[derive(Module, Debug)]
+pub struct LlamaModel<B: Backend> {
+    /// Token embeddings, `[vocab_size, hidden_size]`.
+    pub embed_tokens: Embedding<B>,
+    /// The blocks.
+    pub layers: Vec<LlamaDecoderLayer<B>>,
+    /// The final norm.
+    pub norm: RmsNorm<B>,
+}
+
+/// A LLaMA-style causal LM with the module tree of transformers' `LlamaForCausalLM`: RMSNorm,
+/// rotary positions (with llama3 scaling), grouped-query attention, SwiGLU, optionally tied
+/// embeddings; Qwen2's q/k/v biases by configuration. Every linear is an [`AdaptedLinear`].
+///
+/// `logits = lm_head(norm(layers(embed_tokens(ids))))`, with `lm_head = embed_tokensᵀ` when
+/// tied. Built or loaded, everything is frozen; see [`AdaptableModel`].
+#[derive(Module, Debug)]
+pub struct Llama<B: Backend> {
+    /// The decoder.
+    pub model: LlamaModel<B>,
+    /// The output head `[hidden_size, vocab_size]`; `None` when tied to the embeddings.
+    pub lm_head: Option<AdaptedLinear<B>>,
+    /// The hyper-parameters.
+    #[module(skip)]
+    pub config: LlamaConfig,
+    /// Rotary inverse frequencies.
+    #[module(skip)]
+    inverse_frequencies: Vec<f64>,
+}
+
+impl LlamaConfig {
+    /// A model with weights drawn from `seed`.
+    pub fn init<B: Backend>(&self, seed: u64, device: &B::Device) -> Result<Llama<B>> {
+        self.validate()?;
+        Llama::build(self.clone(), &mut Source::random(seed, device))
+    }
+}
+
+impl<B: Backend> Llama<B> {
+    fn build(config: LlamaConfig, source: &mut Source<'_, B>) -> Result<Self> {
+        let d = config.hidden_size;
+        let embed = source.param(
+            "model.embed_tokens.weight",
+            [config.vocab_size, d],
+            Init::Uniform(0.02 * 3f64.sqrt()),
+        )?;
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| LlamaDecoderLayer::build(&config, &format!("model.layers.{i}"), source))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = rms_norm(&config, "model.norm", source)?;
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(source.linear("lm_head", d, config.vocab_size, false)?)
+        };
+        Ok(Self {
+            model: LlamaModel {
+                embed_tokens: Embedding { weight: embed },
+                layers,
+                norm,
+            },
+            lm_head,
+            inverse_frequencies: inverse_frequencies(&config),
+            config,
+        })
+    }
+
+    /// Loads a transformers `LlamaForCausalLM` / `Qwen2ForCausalLM` directory (`config.json`
+    /// plus `model.safetensors` or a sharded index; f32, f16 or bf16 on disk).
+    ///
+    /// # Errors
+    /// Missing or malformed files, an unsupported architecture, a missing tensor or one whose
+    /// shape disagrees with `config.json` — each naming the file and key.
+    pub fn from_pretrained(dir: &Path, device: &B::Device) -> Result<Self> {
+        let config = LlamaConfig::from_hf_file(&dir.join(CONFIG_FILE))?;
+        let checkpoint = Checkpoint::open(dir)?;
+        Self::build(config, &mut Source::checkpoint(&checkpoint, device))
+    }
+
+    /// Makes the output head train (or freezes it). With tied embeddings this is the
+    /// embedding matrix.
+    pub fn with_trainable_head(mut self, trainable: bool) -> Self {
+        match self.lm_head.take() {
+            Some(head) => self.lm_head = Some(head.unfreeze_base(trainable)),
+            None => {
+                let weight = self.model.embed_tokens.weight.clone();
+                self.model.embed_tokens.weight = weight.set_require_grad(trainable);
+            }
+        }
+        self
+    }
+
+    /// Logits of every position; with `cache`, `input_ids` continue the cached sequence.
+    ///
+    /// # Shapes
+    /// - input_ids: `[batch, len]`
+    /// - output: `[batch, len, vocab_size]`
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        let [_, len] = input_ids.dims();
+        let offset = cache.as_ref().map_or(0, |cache| cache.len());
+        let device = input_ids.device();
+        let (cos, sin) = rotary_tables::<B>(&self.inverse_frequencies, offset, len, &device);
+        let mut x = self.model.embed_tokens.forward(input_ids);
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|cache| (cache, i));
+            x = layer.forward(x, &cos, &sin, layer_cache);
+        }
+        let x = self.model.norm.forward(x);
+        match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => linear(x, self.model.embed_tokens.weight.val().transpose(), None),
+        }
+    }
+
+    /// An empty cache for this model.
+    pub fn new_cache(&self) -> KvCache<B> {
+        KvCache::new(self.config.num_hidden_layers)
+    }
+
+    /// Writes the model, adapters merged, as a transformers checkpoint (`config.json` +
+    /// `model.safetensors`, f32, the import's keys).
+    pub fn save_merged(&self, dir: &Path) -> Result<()> {
+        write_checkpoint(dir, &self.merged_tensors(), &self.config.to_hf_json())
+    }
+
+    /// Checks that every id is in the vocabulary.
+    pub(crate) fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        match ids
+            .iter()
+            .find(|&&id| id as usize >= self.config.vocab_size)
+        {
+            Some(id) => Err(ModelError::Generation(format!(
+                "token id {id} is outside the vocabulary of {}",
+                self.config.vocab_size
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+const LLAMA_LINEARS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
+impl<B: Backend> LlamaDecoderLayer<B> {
+    fn linears(&self) -> [&AdaptedLinear<B>; 7] {
+        [
+            &self.self_attn.q_proj,
+            &self.self_attn.k_proj,
+            &self.self_attn.v_proj,
+            &self.self_attn.o_proj,
+            &self.mlp.gate_proj,
+            &self.mlp.up_proj,
+            &self.mlp.down_proj,
+        ]
+    }
+
+    fn linears_mut(&mut self) -> [&mut AdaptedLinear<B>; 7] {
+        [
+            &mut self.self_attn.q_proj,
+            &mut self.self_attn.k_proj,
+            &mut self.self_attn.v_proj,
+            &mut self.self_attn.o_proj,
+            &mut self.mlp.gate_proj,
+            &mut self.mlp.up_proj,
+            &mut self.mlp.down_proj,
+        ]
+    }
+}
+
+impl<B: Backend> AdaptableModel<B> for Llama<B> {
+    fn linears(&self) -> Vec<(LinearSite, &AdaptedLinear<B>)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            for (local, linear) in LLAMA_LINEARS.iter().zip(layer.linears()) {
+                let site = LinearSite {
+                    path: format!("model.layers.{i}.{local}"),
+                    layer: Some(i),
+                    local: local.to_string(),
+                };
+                out.push((site, linear));
+            }
+        }
+        if let Some(head) = &self.lm_head {
+            let site = LinearSite {
+                path: "lm_head".into(),
+                layer: None,
+                local: "lm_head".into(),
+            };
+            out.push((site, head));
+        }
+        out
+    }
+
+    fn linears_mut(&mut self) -> Vec<(String, &mut AdaptedLinear<B>)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.model.layers.iter_mut().enumerate() {
+            for (local, linear) in LLAMA_LINEARS.iter().zip(layer.linears_mut()) {
+                out.push((format!("model.layers.{i}.{local}"), linear));
+            }
+        }
+        if let Some(head) = &mut self.lm_head {
+            out.push(("lm_head".into(), head));
+        }
+        out
+    }
+
+    fn map_linears(
+        mut self,
+        f: &mut dyn FnMut(&str, AdaptedLinear<B>) -> AdaptedLinear<B>,
+    ) -> Self {
+        for (i, layer) in self.model.layers.iter_mut().enumerate() {
+            for (local, linear) in LLAMA_LINEARS.iter().zip(layer.linears_mut()) {
+                *linear = f(&format!("model.layers.{i}.{local}"), linear.clone());
+            }
+        }
+        self.lm_head = self.lm_head.map(|head| f("lm_head", head));
+        self
+    }
+
+    fn peft_paths(&self) -> Box<dyn PeftPaths> {
+        Box::new(LlamaPeftPaths)
+    }
+}

@@ -1,0 +1,155 @@
+//! Where a model's weights come from while it is built: a Hugging Face checkpoint, or seeded
+//! random numbers (presets, benchmarks, tests). One build function per module serves both.
+
+use burn::module::Param;
+use burn::nn::Linear;
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+use peanut::AdaptedLinear;
+use peanut::init::SeededRng;
+
+use crate::checkpoint::Checkpoint;
+use crate::error::Result;
+
+/// How a tensor starts when it is drawn rather than read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Init {
+    Zeros,
+    Ones,
+    /// `U(−bound, bound)`.
+    Uniform(f64),
+}
+
+enum Weights<'a> {
+    Random(SeededRng),
+    Checkpoint(&'a Checkpoint),
+}
+
+/// Weights keyed by their Hugging Face name, in PyTorch's layout.
+pub(crate) struct Source<'a, B: Backend> {
+    weights: Weights<'a>,
+    device: B::Device,
+}
+
+impl<'a, B: Backend> Source<'a, B> {
+    /// Draws every tensor from `seed`.
+    pub fn random(seed: u64, device: &B::Device) -> Self {
+        Self {
+            weights: Weights::Random(SeededRng::new(seed)),
+            device: device.clone(),
+        }
+    }
+
+    /// Reads every tensor from `checkpoint`.
+    pub fn checkpoint(checkpoint: &'a Checkpoint, device: &B::Device) -> Self {
+        Self {
+            weights: Weights::Checkpoint(checkpoint),
+            device: device.clone(),
+        }
+    }
+
+    /// The checkpoint, when reading one.
+    pub fn as_checkpoint(&self) -> Option<&'a Checkpoint> {
+        match self.weights {
+            Weights::Checkpoint(checkpoint) => Some(checkpoint),
+            Weights::Random(_) => None,
+        }
+    }
+
+    /// `key` as a tensor of `shape` (checkpoint layout).
+    pub fn tensor<const D: usize>(
+        &mut self,
+        key: &str,
+        shape: [usize; D],
+        init: Init,
+    ) -> Result<Tensor<B, D>> {
+        match &mut self.weights {
+            Weights::Checkpoint(checkpoint) => checkpoint.tensor(key, shape, &self.device),
+            Weights::Random(rng) => Ok(draw(rng, shape, init, &self.device)),
+        }
+    }
+
+    /// `key` as a frozen parameter.
+    pub fn param<const D: usize>(
+        &mut self,
+        key: &str,
+        shape: [usize; D],
+        init: Init,
+    ) -> Result<Param<Tensor<B, D>>> {
+        let tensor = self.tensor(key, shape, init)?;
+        Ok(Param::from_tensor(tensor).set_require_grad(false))
+    }
+
+    /// The linear `prefix.weight` (`[d_output, d_input]` on disk, transposed to burn's
+    /// `[d_input, d_output]`) and `prefix.bias` when `bias`, frozen in an [`AdaptedLinear`].
+    pub fn linear(
+        &mut self,
+        prefix: &str,
+        d_input: usize,
+        d_output: usize,
+        bias: bool,
+    ) -> Result<AdaptedLinear<B>> {
+        let bound = 1.0 / (d_input.max(1) as f64).sqrt();
+        let weight = match &mut self.weights {
+            Weights::Checkpoint(checkpoint) => {
+                let key = format!("{prefix}.weight");
+                let stored: Tensor<B, 2> =
+                    checkpoint.tensor(&key, [d_output, d_input], &self.device)?;
+                transpose_contiguous(stored)
+            }
+            Weights::Random(rng) => {
+                draw(rng, [d_input, d_output], Init::Uniform(bound), &self.device)
+            }
+        };
+        let bias = if bias {
+            let key = format!("{prefix}.bias");
+            Some(Param::from_tensor(self.tensor(
+                &key,
+                [d_output],
+                Init::Uniform(bound),
+            )?))
+        } else {
+            None
+        };
+        let base = Linear {
+            weight: Param::from_tensor(weight),
+            bias,
+        };
+        Ok(AdaptedLinear::new(base))
+    }
+}
+
+/// `tensorᵀ` laid out contiguously (burn's `transpose` is a strided view; matmuls on it are
+/// slower on some backends).
+pub(crate) fn transpose_contiguous<B: Backend>(tensor: Tensor<B, 2>) -> Tensor<B, 2> {
+    let device = tensor.device();
+    let [rows, cols] = tensor.dims();
+    let values: Vec<f32> = tensor
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .expect("float tensor");
+    let mut out = vec![0f32; rows * cols];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
+    }
+    Tensor::from_data(TensorData::new(out, [cols, rows]), &device)
+}
+
+fn draw<B: Backend, const D: usize>(
+    rng: &mut SeededRng,
+    shape: [usize; D],
+    init: Init,
+    device: &B::Device,
+) -> Tensor<B, D> {
+    let count = shape.iter().product();
+    let values: Vec<f32> = match init {
+        Init::Zeros => vec![0.0; count],
+        Init::Ones => vec![1.0; count],
+        Init::Uniform(bound) => (0..count)
+            .map(|_| rng.uniform(-bound, bound) as f32)
+            .collect(),
+    };
+    Tensor::from_data(TensorData::new(values, shape), device)
+}

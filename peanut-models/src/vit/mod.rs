@@ -1,0 +1,12 @@
+//! The Vision Transformer of transformers' `ViTForImageClassification`.
+
+pub mod attention;
+pub mod config;
+pub mod embeddings;
+pub mod layer;
+pub mod model;
+pub mod paths;
+
+pub use config::{VIT_ARCHITECTURES, VitConfig};
+pub use model::{Vit, VitLoadOptions, VitLoadReport, VitModel};
+pub use paths::VitPeftPaths;

@@ -1,0 +1,352 @@
+//! [`Vit`]: the ViT image classifier, loadable from transformers checkpoints.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::tensor::{Tensor, backend::Backend};
+use peanut::AdaptedLinear;
+use peanut::io::PeftPaths;
+
+use super::config::VitConfig;
+use super::embeddings::VitEmbeddings;
+use super::layer::{VitLayer, layer_norm};
+use super::paths::VitPeftPaths;
+use crate::adaptable::AdaptableModel;
+use crate::checkpoint::{CONFIG_FILE, Checkpoint, write_checkpoint};
+use crate::error::Result;
+use crate::layer_norm::LayerNorm;
+use crate::source::Source;
+use crate::targets::LinearSite;
+
+/// The stack of encoder blocks (`vit.encoder.layer.N`).
+#[derive(Module, Debug)]
+pub struct VitEncoder<B: Backend> {
+    /// The blocks, in order.
+    pub layer: Vec<VitLayer<B>>,
+}
+
+/// The ViT backbone (`vit.*` in a `ViTForImageClassification` checkpoint).
+#[derive(Module, Debug)]
+pub struct VitModel<B: Backend> {
+    /// Patch, CLS and position embeddings.
+    pub embeddings: VitEmbeddings<B>,
+    /// The blocks.
+    pub encoder: VitEncoder<B>,
+    /// The final norm.
+    pub layernorm: LayerNorm<B>,
+}
+
+/// A ViT image classifier with the module tree of transformers' `ViTForImageClassification`:
+/// every field path equals a checkpoint key, and every linear — attention, MLP and the
+/// classifier — is an [`AdaptedLinear`], so the same type trains plain, with PEANuT or with
+/// LoRA.
+///
+/// `logits = classifier(layernorm(encoder(embeddings(pixels)))[:, 0])`.
+///
+/// Freshly built or loaded, every parameter is frozen; add adapters
+/// ([`AdaptableModel::add_adapters`]), train the head ([`Vit::with_trainable_head`]) or
+/// everything ([`AdaptableModel::with_trainable_base`]).
+#[derive(Module, Debug)]
+pub struct Vit<B: Backend> {
+    /// The backbone.
+    pub vit: VitModel<B>,
+    /// The head on the CLS token, `[hidden_size, num_labels]`.
+    pub classifier: AdaptedLinear<B>,
+    /// The hyper-parameters.
+    #[module(skip)]
+    pub config: VitConfig,
+}
+
+/// Options for [`Vit::from_pretrained`].
+#[derive(Debug, Clone, Default)]
+pub struct VitLoadOptions {
+    /// Number of classes; when it differs from the checkpoint's head (or the checkpoint has
+    /// none), the head is drawn fresh from `head_seed`.
+    pub num_labels: Option<usize>,
+    /// Input image side; when it differs from the checkpoint's, position embeddings are
+    /// resized bicubically.
+    pub image_size: Option<usize>,
+    /// Seed of a fresh head.
+    pub head_seed: u64,
+}
+
+/// What [`Vit::from_pretrained`] did beyond reading tensors.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VitLoadReport {
+    /// Why the classifier is new, when it is (missing from the checkpoint, or another number
+    /// of labels).
+    pub fresh_head: Option<String>,
+    /// `(checkpoint grid side, new grid side)` when position embeddings were resized.
+    pub resized_positions: Option<(usize, usize)>,
+    /// Checkpoint keys the model does not use (e.g. `vit.pooler.*`).
+    pub unused_keys: Vec<String>,
+}
+
+impl VitLoadReport {
+    /// One human-readable line per thing worth saying.
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if let Some(reason) = &self.fresh_head {
+            notes.push(format!("new classifier head: {reason}"));
+        }
+        if let Some((from, to)) = self.resized_positions {
+            notes.push(format!(
+                "position embeddings resized from a {from}×{from} to a {to}×{to} grid"
+            ));
+        }
+        if !self.unused_keys.is_empty() {
+            notes.push(format!("unused checkpoint tensors: {:?}", self.unused_keys));
+        }
+        notes
+    }
+}
+
+impl VitConfig {
+    /// A ViT with weights drawn from `seed` (benchmarks, tests, training from scratch).
+    pub fn init<B: Backend>(&self, seed: u64, device: &B::Device) -> Result<Vit<B>> {
+        self.validate()?;
+        let mut source = Source::random(seed, device);
+        Ok(Vit::build(
+            self.clone(),
+            "",
+            &mut source,
+            &mut Source::random(seed ^ 1, device),
+        )?
+        .0)
+    }
+}
+
+impl<B: Backend> Vit<B> {
+    fn build(
+        config: VitConfig,
+        backbone: &str,
+        source: &mut Source<'_, B>,
+        head_source: &mut Source<'_, B>,
+    ) -> Result<(Self, Option<usize>)> {
+        let (embeddings, resized) =
+            VitEmbeddings::build(&config, &format!("{backbone}embeddings"), source)?;
+        let layer = (0..config.num_hidden_layers)
+            .map(|i| VitLayer::build(&config, &format!("{backbone}encoder.layer.{i}"), source))
+            .collect::<Result<Vec<_>>>()?;
+        let layernorm = layer_norm(&config, &format!("{backbone}layernorm"), source)?;
+        let classifier =
+            head_source.linear("classifier", config.hidden_size, config.num_labels, true)?;
+        let vit = VitModel {
+            embeddings,
+            encoder: VitEncoder { layer },
+            layernorm,
+        };
+        Ok((
+            Self {
+                vit,
+                classifier,
+                config,
+            },
+            resized,
+        ))
+    }
+
+    /// Loads a transformers ViT directory: `config.json` plus `model.safetensors` or
+    /// `model.safetensors.index.json` (`ViTForImageClassification`, or a bare `ViTModel` such
+    /// as `google/vit-base-patch16-224-in21k`, whose keys lack the `vit.` prefix).
+    ///
+    /// # Errors
+    /// Missing or malformed files, an unsupported architecture, a missing tensor or one whose
+    /// shape disagrees with `config.json` — each naming the file and key.
+    pub fn from_pretrained(
+        dir: &Path,
+        options: &VitLoadOptions,
+        device: &B::Device,
+    ) -> Result<(Self, VitLoadReport)> {
+        let mut config = VitConfig::from_hf_file(&dir.join(CONFIG_FILE))?;
+        let checkpoint = Checkpoint::open(dir)?;
+        let backbone = if checkpoint.contains("vit.embeddings.cls_token")
+            || !checkpoint.contains("embeddings.cls_token")
+        {
+            "vit."
+        } else {
+            ""
+        };
+        let mut report = VitLoadReport::default();
+        let stored_labels = checkpoint.shape("classifier.weight");
+        if let Some(size) = options.image_size {
+            config.image_size = size;
+        }
+        if let Some(labels) = options.num_labels {
+            config.num_labels = labels;
+        }
+        config.validate()?;
+        let head_fits =
+            stored_labels.as_deref() == Some(&[config.num_labels, config.hidden_size][..]);
+        if !head_fits {
+            report.fresh_head = Some(match stored_labels {
+                None => format!(
+                    "`{}` has no `classifier.weight`",
+                    checkpoint.file_of("classifier.weight").display()
+                ),
+                Some(shape) => format!(
+                    "the checkpoint's head has shape {shape:?}, {} labels were asked for",
+                    config.num_labels
+                ),
+            });
+        }
+        let mut source = Source::checkpoint(&checkpoint, device);
+        let mut head_source = if head_fits {
+            Source::checkpoint(&checkpoint, device)
+        } else {
+            Source::random(options.head_seed, device)
+        };
+        let (model, resized) = Self::build(config, backbone, &mut source, &mut head_source)?;
+        report.resized_positions = resized.map(|from| (from, model.config.grid_size()));
+        let used: std::collections::HashSet<String> = model
+            .merged_tensors()
+            .into_keys()
+            .map(|key| {
+                key.strip_prefix("vit.")
+                    .map_or(key.clone(), |rest| format!("{backbone}{rest}"))
+            })
+            .collect();
+        report.unused_keys = checkpoint
+            .keys()
+            .filter(|key| !used.contains(*key))
+            .map(str::to_string)
+            .collect();
+        Ok((model, report))
+    }
+
+    /// Makes the classifier head train (or freezes it again), as the paper does alongside the
+    /// adapters.
+    pub fn with_trainable_head(mut self, trainable: bool) -> Self {
+        self.classifier = self.classifier.unfreeze_base(trainable);
+        self
+    }
+
+    /// The final, normalized token vectors.
+    ///
+    /// # Shapes
+    /// - pixel_values: `[batch, num_channels, image_size, image_size]`
+    /// - output: `[batch, 1 + grid², hidden_size]`
+    pub fn features(&self, pixel_values: Tensor<B, 4>) -> Tensor<B, 3> {
+        let mut x = self.vit.embeddings.forward(pixel_values);
+        for layer in &self.vit.encoder.layer {
+            x = layer.forward(x);
+        }
+        self.vit.layernorm.forward(x)
+    }
+
+    /// Class logits from the CLS token.
+    ///
+    /// # Shapes
+    /// - pixel_values: `[batch, num_channels, image_size, image_size]`
+    /// - output: `[batch, num_labels]`
+    pub fn forward(&self, pixel_values: Tensor<B, 4>) -> Tensor<B, 2> {
+        let features = self.features(pixel_values);
+        let [batch, _, d] = features.dims();
+        let cls = features.narrow(1, 0, 1).reshape([batch, d]);
+        self.classifier.forward(cls)
+    }
+
+    /// Writes the model, adapters merged, as a transformers `ViTForImageClassification`
+    /// checkpoint (`config.json` + `model.safetensors`, f32, the import's keys).
+    pub fn save_merged(&self, dir: &Path) -> Result<()> {
+        write_checkpoint(dir, &self.merged_tensors(), &self.config.to_hf_json())
+    }
+}
+
+const VIT_LINEARS: [&str; 6] = [
+    "attention.attention.query",
+    "attention.attention.key",
+    "attention.attention.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+];
+
+impl<B: Backend> VitLayer<B> {
+    fn linears(&self) -> [&AdaptedLinear<B>; 6] {
+        [
+            &self.attention.attention.query,
+            &self.attention.attention.key,
+            &self.attention.attention.value,
+            &self.attention.output.dense,
+            &self.intermediate.dense,
+            &self.output.dense,
+        ]
+    }
+
+    fn linears_mut(&mut self) -> [&mut AdaptedLinear<B>; 6] {
+        [
+            &mut self.attention.attention.query,
+            &mut self.attention.attention.key,
+            &mut self.attention.attention.value,
+            &mut self.attention.output.dense,
+            &mut self.intermediate.dense,
+            &mut self.output.dense,
+        ]
+    }
+}
+
+impl<B: Backend> AdaptableModel<B> for Vit<B> {
+    fn linears(&self) -> Vec<(LinearSite, &AdaptedLinear<B>)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.vit.encoder.layer.iter().enumerate() {
+            for (local, linear) in VIT_LINEARS.iter().zip(layer.linears()) {
+                let site = LinearSite {
+                    path: format!("vit.encoder.layer.{i}.{local}"),
+                    layer: Some(i),
+                    local: local.to_string(),
+                };
+                out.push((site, linear));
+            }
+        }
+        let head = LinearSite {
+            path: "classifier".into(),
+            layer: None,
+            local: "classifier".into(),
+        };
+        out.push((head, &self.classifier));
+        out
+    }
+
+    fn linears_mut(&mut self) -> Vec<(String, &mut AdaptedLinear<B>)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.vit.encoder.layer.iter_mut().enumerate() {
+            for (local, linear) in VIT_LINEARS.iter().zip(layer.linears_mut()) {
+                out.push((format!("vit.encoder.layer.{i}.{local}"), linear));
+            }
+        }
+        out.push(("classifier".into(), &mut self.classifier));
+        out
+    }
+
+    fn map_linears(
+        mut self,
+        f: &mut dyn FnMut(&str, AdaptedLinear<B>) -> AdaptedLinear<B>,
+    ) -> Self {
+        let layers = std::mem::take(&mut self.vit.encoder.layer);
+        self.vit.encoder.layer = layers
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut layer)| {
+                let path = |local: &str| format!("vit.encoder.layer.{i}.{local}");
+                let attention = &mut layer.attention;
+                attention.attention.query =
+                    f(&path(VIT_LINEARS[0]), attention.attention.query.clone());
+                attention.attention.key = f(&path(VIT_LINEARS[1]), attention.attention.key.clone());
+                attention.attention.value =
+                    f(&path(VIT_LINEARS[2]), attention.attention.value.clone());
+                attention.output.dense = f(&path(VIT_LINEARS[3]), attention.output.dense.clone());
+                layer.intermediate.dense =
+                    f(&path(VIT_LINEARS[4]), layer.intermediate.dense.clone());
+                layer.output.dense = f(&path(VIT_LINEARS[5]), layer.output.dense.clone());
+                layer
+            })
+            .collect();
+        self.classifier = f("classifier", self.classifier);
+        self
+    }
+
+    fn peft_paths(&self) -> Box<dyn PeftPaths> {
+        Box::new(VitPeftPaths)
+    }
+}
