@@ -1,0 +1,62 @@
+//! The one place that picks the backend, by cargo feature: `cuda`, then `wgpu`, then `flex`,
+//! then `candle`, then `ndarray` (the default) — the first one enabled wins. Everything else in
+//! the workspace is generic over `B: Backend` and takes [`Selected`] / [`TrainBackend`] from here.
+
+#[cfg(not(any(
+    feature = "ndarray",
+    feature = "wgpu",
+    feature = "cuda",
+    feature = "flex",
+    feature = "candle"
+)))]
+compile_error!(
+    "peanut-train needs a backend feature: `ndarray`, `wgpu`, `cuda`, `flex` or `candle`"
+);
+
+/// The inference backend chosen by cargo features.
+#[cfg(feature = "cuda")]
+pub type Selected = burn::backend::Cuda;
+/// The inference backend chosen by cargo features.
+#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+pub type Selected = burn::backend::Wgpu;
+/// The inference backend chosen by cargo features.
+#[cfg(all(feature = "flex", not(any(feature = "cuda", feature = "wgpu"))))]
+pub type Selected = burn::backend::Flex;
+/// The inference backend chosen by cargo features.
+#[cfg(all(
+    feature = "candle",
+    not(any(feature = "cuda", feature = "wgpu", feature = "flex"))
+))]
+pub type Selected = burn::backend::Candle;
+/// The inference backend chosen by cargo features.
+#[cfg(all(
+    feature = "ndarray",
+    not(any(
+        feature = "wgpu",
+        feature = "cuda",
+        feature = "flex",
+        feature = "candle"
+    ))
+))]
+pub type Selected = burn::backend::NdArray<f32>;
+
+/// The training backend: [`Selected`] with automatic differentiation.
+pub type TrainBackend = burn::backend::Autodiff<Selected>;
+
+/// A short name of the selected backend, for logs and `peanut info`.
+pub const NAME: &str = if cfg!(feature = "cuda") {
+    "cuda"
+} else if cfg!(feature = "wgpu") {
+    "wgpu"
+} else if cfg!(feature = "flex") {
+    "flex"
+} else if cfg!(feature = "candle") {
+    "candle"
+} else {
+    "ndarray"
+};
+
+/// The default device of the selected backend (the first GPU, or the CPU).
+pub fn device() -> burn::tensor::Device<Selected> {
+    Default::default()
+}

@@ -1,0 +1,560 @@
+//! The `peanut` command line: argument types (clap) and what each subcommand does. The binary
+//! (`src/bin/peanut.rs`) only dispatches here, so tests can call the same functions.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::{AutodiffModule, Module, Param};
+use burn::tensor::{Tensor, TensorData};
+use clap::Args;
+use peanut_models::vit::VitPeftPaths;
+use peanut_models::{AdaptableModel, Vit, VitLoadOptions};
+
+use crate::backend::{self, Selected, TrainBackend};
+use crate::data::{self, ImageBatcher, Normalization, SampleRef, Transform};
+use crate::error::{Result, TrainError};
+use crate::schedule::Decay;
+use crate::train::{self, AdapterOptions, ImageTrainConfig, Method, RunOptions};
+
+/// Options of `peanut train image`.
+#[derive(Args, Debug, Clone)]
+pub struct TrainImageArgs {
+    /// Dataset directory: Stanford Cars (devkit/torchvision or Kaggle layout), Hugging Face
+    /// parquet files, or an ImageFolder with `train/` and `test/` (or `val/`); detected.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Pretrained ViT: a directory with transformers' `config.json` and `model.safetensors`
+    /// (for example a download of google/vit-base-patch16-224-in21k).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Run directory: checkpoints, `run.json`, metrics, and the exported adapter in `export/`.
+    #[arg(long, default_value = "runs/peanut")]
+    pub output_dir: PathBuf,
+    /// What trains: peanut or lora adapters (plus the head), the head alone, or everything.
+    #[arg(long, value_enum, default_value = "peanut")]
+    pub method: Method,
+    /// Adapter rank (PEANuT's hidden width).
+    #[arg(long, default_value_t = 7)]
+    pub rank: usize,
+    /// PEANuT depth, counted in linear maps: 2, 4, 6, …
+    #[arg(long, default_value_t = 2)]
+    pub depth: usize,
+    /// PEANuT activation (relu, gelu, gelu_pytorch_tanh, silu, tanh, sigmoid, leaky_relu).
+    #[arg(long, default_value = "relu")]
+    pub activation: String,
+    /// PEANuT scaling s.
+    #[arg(long, default_value_t = 1.0)]
+    pub scaling: f64,
+    /// LoRA alpha (scale alpha / rank).
+    #[arg(long, default_value_t = 8.0)]
+    pub lora_alpha: f64,
+    /// Linears to adapt, by name or `*` pattern (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "query,value")]
+    pub targets: Vec<String>,
+    /// Only these block indices (comma-separated; default all).
+    #[arg(long, value_delimiter = ',')]
+    pub layers: Vec<usize>,
+    /// Epochs.
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    /// Images per forward/backward pass.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Passes accumulated per optimizer step (effective batch = batch-size × this).
+    #[arg(long, default_value_t = 4)]
+    pub grad_accumulation: usize,
+    /// Peak learning rate of the classifier head.
+    #[arg(long, default_value_t = 1e-2)]
+    pub head_lr: f64,
+    /// Peak learning rate of the adapters (of the backbone for `--method full`).
+    #[arg(long, default_value_t = 1e-2)]
+    pub adapter_lr: f64,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 4e-5)]
+    pub weight_decay: f64,
+    /// Fraction of steps of linear warmup.
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup_ratio: f64,
+    /// Decay after warmup.
+    #[arg(long, value_enum, default_value = "linear")]
+    pub decay: Decay,
+    /// Clip the global gradient norm to this value (off by default, as in the paper).
+    #[arg(long)]
+    pub clip_grad_norm: Option<f32>,
+    /// Seed of adapters, head, data order and augmentation.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Input side in pixels.
+    #[arg(long, default_value_t = 224)]
+    pub image_size: u32,
+    /// Train without RandomResizedCrop + flip (Resize + CenterCrop instead).
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Continue the run in `--output-dir` from its last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Also write the merged model (Hugging Face format) to `<output-dir>/merged`.
+    #[arg(long)]
+    pub merged: bool,
+}
+
+impl TrainImageArgs {
+    /// The training configuration these options describe.
+    pub fn config(&self) -> ImageTrainConfig {
+        ImageTrainConfig {
+            method: self.method,
+            adapter: AdapterOptions {
+                rank: self.rank,
+                depth: self.depth,
+                activation: self.activation.clone(),
+                scaling: self.scaling,
+                lora_alpha: self.lora_alpha,
+            },
+            targets: self.targets.clone(),
+            layers: self.layers.clone(),
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            grad_accumulation: self.grad_accumulation,
+            head_lr: self.head_lr,
+            adapter_lr: self.adapter_lr,
+            weight_decay: self.weight_decay,
+            warmup_ratio: self.warmup_ratio,
+            decay: self.decay,
+            clip_grad_norm: self.clip_grad_norm,
+            seed: self.seed,
+            image_size: self.image_size,
+            augment: !self.no_augment,
+            normalization: Normalization::VIT,
+        }
+    }
+}
+
+/// Options of `peanut eval image`.
+#[derive(Args, Debug, Clone)]
+pub struct EvalImageArgs {
+    /// Dataset directory (as for `train image`); its test split is evaluated.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The base ViT directory (`config.json` + safetensors).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// An export directory written by `train image` (`peanut/` or `peft/`, `head.safetensors`).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Input side in pixels.
+    #[arg(long, default_value_t = 224)]
+    pub image_size: u32,
+    /// Images per batch.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+}
+
+/// Options of `peanut predict image`.
+#[derive(Args, Debug, Clone)]
+pub struct PredictImageArgs {
+    /// The base ViT directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// An export directory written by `train image`.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// How many labels to report per image.
+    #[arg(long, default_value_t = 5)]
+    pub top_k: usize,
+    /// Input side in pixels.
+    #[arg(long, default_value_t = 224)]
+    pub image_size: u32,
+    /// Image files (JPEG or PNG).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+}
+
+/// Options of `peanut merge`.
+#[derive(Args, Debug, Clone)]
+pub struct MergeArgs {
+    /// The base ViT directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// An export directory written by `train image`.
+    #[arg(long)]
+    pub adapter: PathBuf,
+    /// Where the merged transformers checkpoint goes.
+    #[arg(long)]
+    pub output: PathBuf,
+}
+
+/// Target format of `peanut convert`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AdapterFormat {
+    /// This workspace's format (`peanut_config.json`).
+    Peanut,
+    /// Hugging Face peft's format (`adapter_config.json`).
+    Peft,
+}
+
+/// Options of `peanut convert`.
+#[derive(Args, Debug, Clone)]
+pub struct ConvertArgs {
+    /// Adapter directory in either format (detected).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Output directory.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Format to write.
+    #[arg(long, value_enum)]
+    pub to: AdapterFormat,
+}
+
+/// Options of `peanut info`.
+#[derive(Args, Debug, Clone)]
+pub struct InfoArgs {
+    /// The ViT directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Method whose trainable parameters to count.
+    #[arg(long, value_enum, default_value = "peanut")]
+    pub method: Method,
+    /// Adapter rank.
+    #[arg(long, default_value_t = 7)]
+    pub rank: usize,
+    /// PEANuT depth.
+    #[arg(long, default_value_t = 2)]
+    pub depth: usize,
+    /// Linears to adapt (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "query,value")]
+    pub targets: Vec<String>,
+    /// Number of classes of the head.
+    #[arg(long)]
+    pub num_labels: Option<usize>,
+}
+
+fn load_vit(
+    dir: &Path,
+    num_labels: Option<usize>,
+    image_size: Option<u32>,
+    seed: u64,
+) -> Result<Vit<TrainBackend>> {
+    if !dir.is_dir() {
+        return Err(TrainError::io(
+            "model directory not found",
+            dir,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "pass a directory holding transformers' config.json and model.safetensors \
+                 (download google/vit-base-patch16-224-in21k with `huggingface-cli download` on a \
+                 machine with network access)",
+            ),
+        ));
+    }
+    let options = VitLoadOptions {
+        num_labels,
+        image_size: image_size.map(|s| s as usize),
+        head_seed: seed,
+    };
+    let (model, report) = Vit::from_pretrained(dir, &options, &backend::device())?;
+    for note in report.notes() {
+        eprintln!("{}: {note}", dir.display());
+    }
+    Ok(model)
+}
+
+/// `peanut train image`.
+pub fn train_image(args: TrainImageArgs) -> Result<()> {
+    let config = args.config();
+    config.validate()?;
+    let data = data::detect(&args.data_dir)?;
+    println!(
+        "{:?} dataset at {}: {} classes, {} train / {} test images ({} + {} unreadable, skipped)",
+        data.layout,
+        data.root.display(),
+        data.classes.len(),
+        data.train.samples.len(),
+        data.test.samples.len(),
+        data.train.skipped,
+        data.test.skipped
+    );
+    let model = load_vit(
+        &args.model,
+        Some(data.classes.len()),
+        Some(args.image_size),
+        args.seed,
+    )?;
+    let run = RunOptions {
+        dir: args.output_dir.clone(),
+        resume: args.resume,
+        label: args.method.name().into(),
+    };
+    let device = backend::device();
+    let trained = train::train_image(model, &data, &config, &run, &device)?;
+    let report = train::evaluate(
+        &trained.model,
+        &data.test,
+        config.image_size,
+        config.normalization,
+        config.batch_size,
+        &device,
+    );
+    println!(
+        "test: top-1 {:.2}%, top-5 {:.2}% on {} images; {} trainable parameters",
+        100.0 * report.top1,
+        100.0 * report.top5,
+        report.count,
+        trained.trainable_params
+    );
+    let export_dir = args.output_dir.join("export");
+    let written = train::export(&trained.model, &export_dir, args.model.to_str())?;
+    write_labels(&export_dir, &data.classes)?;
+    for path in written {
+        println!("wrote {}", path.display());
+    }
+    if args.merged {
+        let mut model = trained.model;
+        model.merge_adapters();
+        let merged = args.output_dir.join("merged");
+        model.save_merged(&merged)?;
+        println!("wrote {}", merged.display());
+    }
+    Ok(())
+}
+
+fn write_labels(dir: &Path, classes: &[String]) -> Result<()> {
+    let path = dir.join("labels.json");
+    let json = serde_json::to_vec_pretty(classes).expect("labels serialize");
+    std::fs::write(&path, json).map_err(|e| TrainError::io("cannot write", &path, e))
+}
+
+fn read_labels(dir: &Path) -> Result<Option<Vec<String>>> {
+    let path = dir.join("labels.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(&path).map_err(|e| TrainError::io("cannot read", &path, e))?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|source| TrainError::Json { path, source })
+}
+
+/// Loads an export directory (adapter in either format + `head.safetensors`) onto `model`.
+fn apply_export(mut model: Vit<Selected>, dir: &Path) -> Result<Vit<Selected>> {
+    let adapter_dir = ["peanut", "peft"]
+        .iter()
+        .map(|d| dir.join(d))
+        .find(|d| d.is_dir())
+        .unwrap_or_else(|| dir.to_path_buf());
+    if peanut::io::detect_format(&adapter_dir).is_ok() {
+        model.load_adapters(&adapter_dir)?;
+    }
+    let head = dir.join("head.safetensors");
+    if head.is_file() {
+        model = load_head(model, &head)?;
+    }
+    Ok(model)
+}
+
+fn load_head(mut model: Vit<Selected>, path: &Path) -> Result<Vit<Selected>> {
+    let bytes = std::fs::read(path).map_err(|e| TrainError::io("cannot read", path, e))?;
+    let file = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| TrainError::malformed(path, e.to_string()))?;
+    let device = backend::device();
+    let read = |key: &str| -> Result<(Vec<usize>, Vec<f32>)> {
+        let view = file
+            .tensor(key)
+            .map_err(|_| TrainError::malformed(path, format!("no tensor `{key}`")))?;
+        let values = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        Ok((view.shape().to_vec(), values))
+    };
+    let (shape, weight) = read("classifier.weight")?;
+    let expected = [model.config.num_labels, model.config.hidden_size];
+    if shape != expected {
+        return Err(TrainError::malformed(
+            path,
+            format!("`classifier.weight` has shape {shape:?}, the model needs {expected:?}"),
+        ));
+    }
+    let weight =
+        Tensor::<Selected, 2>::from_data(TensorData::new(weight, [shape[0], shape[1]]), &device);
+    model.classifier.base.weight = Param::from_tensor(weight.transpose());
+    if let Ok((bias_shape, bias)) = read("classifier.bias") {
+        let bias =
+            Tensor::<Selected, 1>::from_data(TensorData::new(bias, [bias_shape[0]]), &device);
+        model.classifier.base.bias = Some(Param::from_tensor(bias));
+    }
+    Ok(model)
+}
+
+fn inference_model(
+    model: &Path,
+    adapter: Option<&Path>,
+    image_size: u32,
+) -> Result<(Vit<Selected>, Option<Vec<String>>)> {
+    let labels = match adapter {
+        Some(dir) => read_labels(dir)?,
+        None => None,
+    };
+    let vit = load_vit(model, labels.as_ref().map(Vec::len), Some(image_size), 0)?.valid();
+    let vit = match adapter {
+        Some(dir) => apply_export(vit, dir)?,
+        None => vit,
+    };
+    Ok((vit, labels))
+}
+
+/// `peanut eval image`.
+pub fn eval_image(args: EvalImageArgs) -> Result<()> {
+    let data = data::detect(&args.data_dir)?;
+    let (model, _) = inference_model(&args.model, args.adapter.as_deref(), args.image_size)?;
+    if model.config.num_labels != data.classes.len() {
+        return Err(TrainError::InvalidOption {
+            option: "--adapter",
+            reason: format!(
+                "the model has {} classes, the dataset {}; pass the export directory of a run on \
+                 this dataset",
+                model.config.num_labels,
+                data.classes.len()
+            ),
+        });
+    }
+    let report = train::evaluate(
+        &model,
+        &data.test,
+        args.image_size,
+        Normalization::VIT,
+        args.batch_size,
+        &backend::device(),
+    );
+    let json = serde_json::json!({
+        "top1": report.top1, "top5": report.top5, "loss": report.loss,
+        "images": report.count, "unreadable": report.skipped,
+    });
+    println!("{json}");
+    Ok(())
+}
+
+/// `peanut predict image`: prints one JSON object with, per image, the top-k labels and the
+/// logits.
+pub fn predict_image(args: PredictImageArgs) -> Result<()> {
+    let (model, labels) = inference_model(&args.model, args.adapter.as_deref(), args.image_size)?;
+    let samples: Vec<data::ImageSample> = args
+        .images
+        .iter()
+        .map(|path| {
+            if path.is_file() {
+                Ok(data::ImageSample {
+                    source: data::ImageSource::File(path.clone()),
+                    label: 0,
+                })
+            } else {
+                Err(TrainError::io(
+                    "cannot read",
+                    path,
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+                ))
+            }
+        })
+        .collect::<Result<_>>()?;
+    let batcher = ImageBatcher::new(
+        samples.into(),
+        Transform::eval(args.image_size),
+        Normalization::VIT,
+        model.config.num_channels,
+        0,
+    );
+    let device = backend::device();
+    let mut results = Vec::new();
+    for (index, path) in args.images.iter().enumerate() {
+        let loaded = batcher.load_all(&[SampleRef { index, pass: 0 }]);
+        if loaded.is_empty() {
+            return Err(TrainError::malformed(
+                path,
+                "is not a readable JPEG or PNG image",
+            ));
+        }
+        let batch = batcher.stack::<Selected>(loaded, &device);
+        let logits: Vec<f32> = model
+            .forward(batch.images)
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .unwrap_or_default();
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        let top: Vec<serde_json::Value> = order
+            .iter()
+            .take(args.top_k)
+            .map(|&i| {
+                let label = labels
+                    .as_ref()
+                    .and_then(|l| l.get(i).cloned())
+                    .unwrap_or(i.to_string());
+                serde_json::json!({"index": i, "label": label, "logit": logits[i]})
+            })
+            .collect();
+        results.push(serde_json::json!({"image": path, "top_k": top, "logits": logits}));
+    }
+    println!("{}", serde_json::Value::Array(results));
+    Ok(())
+}
+
+/// `peanut merge`.
+pub fn merge(args: MergeArgs) -> Result<()> {
+    let (mut model, _) = inference_model(&args.model, Some(&args.adapter), 224)?;
+    model.merge_adapters();
+    model.save_merged(&args.output)?;
+    println!("wrote {}", args.output.display());
+    Ok(())
+}
+
+/// `peanut convert`.
+pub fn convert(args: ConvertArgs) -> Result<()> {
+    let device = backend::device();
+    let adapters = peanut::io::load_any::<Selected>(&args.input, &VitPeftPaths, &device)?;
+    match args.to {
+        AdapterFormat::Peanut => {
+            peanut::io::save(&args.output, adapters.iter().map(|(k, v)| (k.clone(), v)))?
+        }
+        AdapterFormat::Peft => peanut::io::save_peft(
+            &args.output,
+            adapters.iter().map(|(k, v)| (k.clone(), v)),
+            &VitPeftPaths,
+            None,
+        )?,
+    }
+    println!(
+        "wrote {} adapters to {}",
+        adapters.len(),
+        args.output.display()
+    );
+    Ok(())
+}
+
+/// `peanut info`.
+pub fn info(args: InfoArgs) -> Result<()> {
+    let model = load_vit(&args.model, args.num_labels, None, 0)?;
+    let total = model.num_params();
+    let config = ImageTrainConfig {
+        method: args.method,
+        adapter: AdapterOptions {
+            rank: args.rank,
+            depth: args.depth,
+            ..AdapterOptions::default()
+        },
+        targets: args.targets.clone(),
+        ..ImageTrainConfig::default()
+    };
+    let linears: Vec<String> = model.linear_sites().into_iter().map(|s| s.path).collect();
+    let (prepared, trainable) = train::prepare_model(model, &config)?;
+    let adapted: Vec<String> = prepared.adapters().into_iter().map(|(p, _)| p).collect();
+    println!("backend: {}", backend::NAME);
+    println!("linears: {}", linears.len());
+    println!("adapted ({}): {}", adapted.len(), adapted.join(", "));
+    println!(
+        "parameters: {total} total, {trainable} trainable ({:.4}%) with --method {}",
+        100.0 * trainable as f64 / total.max(1) as f64,
+        args.method.name()
+    );
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! Turning samples into batches: a seeded per-epoch order ([`EpochOrder`]) and a batcher that
+//! decodes and transforms images in parallel ([`ImageBatcher`]).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use burn::data::dataloader::batcher::Batcher;
+use burn::data::dataset::Dataset;
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+
+use super::ImageSample;
+use super::rng::SplitMix64;
+use super::transform::{Normalization, Transform};
+
+/// One example as the data loader hands it to the batcher: which sample, and in which pass over
+/// the data (the epoch, counted from 0) — the pass seeds its augmentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SampleRef {
+    /// Index into the split's samples.
+    pub index: usize,
+    /// Pass over the data (0 for the first epoch).
+    pub pass: usize,
+}
+
+/// A dataset of [`SampleRef`]s whose order is a seeded permutation that changes every pass.
+///
+/// burn's data loader asks for items `0..len` once per epoch, in order; this dataset counts the
+/// requests to know the pass, so the permutation (and each example's augmentation) is a function
+/// of `(seed, pass)` only. [`EpochOrder::starting_at_pass`] lets a resumed run continue with the
+/// order the interrupted run would have used.
+#[derive(Debug)]
+pub struct EpochOrder {
+    len: usize,
+    seed: Option<u64>,
+    requests: AtomicUsize,
+    order: Mutex<(usize, Vec<usize>)>,
+}
+
+impl EpochOrder {
+    /// `len` examples, shuffled every pass from `seed`, or in order when `seed` is `None`.
+    pub fn new(len: usize, seed: Option<u64>) -> Self {
+        Self {
+            len,
+            seed,
+            requests: AtomicUsize::new(0),
+            order: Mutex::new((usize::MAX, Vec::new())),
+        }
+    }
+
+    /// Starts counting at pass `pass` (0-based), as after `pass` complete epochs.
+    pub fn starting_at_pass(self, pass: usize) -> Self {
+        self.requests.store(pass * self.len, Ordering::SeqCst);
+        self
+    }
+
+    fn permuted(&self, pass: usize, index: usize) -> usize {
+        let Some(seed) = self.seed else { return index };
+        let mut order = self.order.lock().unwrap_or_else(|e| e.into_inner());
+        if order.0 != pass {
+            *order = (
+                pass,
+                SplitMix64::for_parts(&[seed, pass as u64]).permutation(self.len),
+            );
+        }
+        order.1[index]
+    }
+}
+
+impl Dataset<SampleRef> for EpochOrder {
+    fn get(&self, index: usize) -> Option<SampleRef> {
+        if index >= self.len {
+            return None;
+        }
+        let pass = self.requests.fetch_add(1, Ordering::SeqCst) / self.len.max(1);
+        Some(SampleRef {
+            index: self.permuted(pass, index),
+            pass,
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+/// A batch of images and their labels.
+#[derive(Debug, Clone)]
+pub struct ImageBatch<B: Backend> {
+    /// Normalized pixels. Shape: `[batch, channels, size, size]`.
+    pub images: Tensor<B, 4>,
+    /// Class indices. Shape: `[batch]`.
+    pub targets: Tensor<B, 1, Int>,
+}
+
+/// Decodes, transforms and stacks images, using every CPU core. Images that fail to decode are
+/// left out of the batch and counted in [`ImageBatcher::skipped`].
+#[derive(Debug, Clone)]
+pub struct ImageBatcher {
+    samples: Arc<[ImageSample]>,
+    transform: Transform,
+    normalization: Normalization,
+    channels: usize,
+    seed: u64,
+    skipped: Arc<AtomicUsize>,
+}
+
+impl ImageBatcher {
+    /// A batcher over `samples` producing `[channels, size, size]` images with `transform`;
+    /// `seed` drives the random augmentation together with each example's pass and index.
+    pub fn new(
+        samples: Arc<[ImageSample]>,
+        transform: Transform,
+        normalization: Normalization,
+        channels: usize,
+        seed: u64,
+    ) -> Self {
+        Self {
+            samples,
+            transform,
+            normalization,
+            channels,
+            seed,
+            skipped: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// How many images failed to decode so far (they were left out of their batches).
+    pub fn skipped(&self) -> usize {
+        self.skipped.load(Ordering::Relaxed)
+    }
+
+    /// The transformed pixels of one example, or `None` if it does not decode.
+    pub fn load(&self, item: SampleRef) -> Option<(Vec<f32>, usize)> {
+        let sample = self.samples.get(item.index)?;
+        let image = sample.source.decode().ok()?;
+        let mut rng = SplitMix64::for_parts(&[self.seed, item.pass as u64, item.index as u64]);
+        let values = self
+            .transform
+            .apply(&image, self.channels, &self.normalization, &mut rng);
+        Some((values, sample.label))
+    }
+
+    /// Loads `items` in parallel, keeping their order; failures are counted and left out.
+    pub fn load_all(&self, items: &[SampleRef]) -> Vec<(Vec<f32>, usize)> {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let chunk = items.len().div_ceil(threads).max(1);
+        let loaded: Vec<Option<(Vec<f32>, usize)>> = if items.len() <= 1 {
+            items.iter().map(|&item| self.load(item)).collect()
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = items
+                    .chunks(chunk)
+                    .map(|part| {
+                        scope.spawn(move || part.iter().map(|&i| self.load(i)).collect::<Vec<_>>())
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().expect("image loading thread panicked"))
+                    .collect()
+            })
+        };
+        let failed = loaded.iter().filter(|l| l.is_none()).count();
+        self.skipped.fetch_add(failed, Ordering::Relaxed);
+        loaded.into_iter().flatten().collect()
+    }
+
+    /// Stacks loaded examples into a batch on `device`.
+    pub fn stack<B: Backend>(
+        &self,
+        loaded: Vec<(Vec<f32>, usize)>,
+        device: &B::Device,
+    ) -> ImageBatch<B> {
+        let size = self.transform.size() as usize;
+        let count = loaded.len();
+        let mut pixels = Vec::with_capacity(count * self.channels * size * size);
+        let mut labels = Vec::with_capacity(count);
+        for (values, label) in loaded {
+            pixels.extend_from_slice(&values);
+            labels.push(label as i64);
+        }
+        ImageBatch {
+            images: Tensor::from_data(
+                TensorData::new(pixels, [count, self.channels, size, size]),
+                device,
+            ),
+            targets: Tensor::from_data(TensorData::new(labels, [count]), device),
+        }
+    }
+}
+
+impl<B: Backend> Batcher<B, SampleRef, ImageBatch<B>> for ImageBatcher {
+    fn batch(&self, items: Vec<SampleRef>, device: &B::Device) -> ImageBatch<B> {
+        let loaded = self.load_all(&items);
+        assert!(
+            !loaded.is_empty(),
+            "none of the {} images of a batch could be decoded ({} unreadable so far)",
+            items.len(),
+            self.skipped()
+        );
+        self.stack(loaded, device)
+    }
+}

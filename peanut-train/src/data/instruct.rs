@@ -1,0 +1,249 @@
+//! Causal-LM instruction data in the LLM-Adapters format (`commonsense_170k.json`,
+//! `MetaMathQA`): the prompt template, response-only labels with a cutoff, and answer extraction
+//! for the eight commonsense tasks.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+/// One instruction example: `instruction`, optional `input`, and the reference `output`
+/// (LLM-Adapters also stores `answer`, which training ignores).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instruction {
+    /// The task statement.
+    pub instruction: String,
+    /// Optional context.
+    #[serde(default)]
+    pub input: String,
+    /// The target response.
+    #[serde(default)]
+    pub output: String,
+    /// The short answer, when the file has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+}
+
+/// Reads a JSON array (or JSON-lines file) of [`Instruction`]s.
+pub fn read(path: &Path) -> Result<Vec<Instruction>> {
+    let bytes = std::fs::read(path).map_err(|e| TrainError::io("cannot read", path, e))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let json_err = |source| TrainError::Json {
+        path: path.to_path_buf(),
+        source,
+    };
+    let examples: Vec<Instruction> = if text.trim_start().starts_with('[') {
+        serde_json::from_str(&text).map_err(json_err)?
+    } else {
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(serde_json::from_str)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(json_err)?
+    };
+    if examples.is_empty() {
+        return Err(TrainError::malformed(path, "holds no examples"));
+    }
+    Ok(examples)
+}
+
+/// The LLM-Adapters (Alpaca) prompt up to and including `### Response:\n`; the response follows.
+pub fn prompt(example: &Instruction) -> String {
+    if example.input.trim().is_empty() {
+        format!(
+            "Below is an instruction that describes a task. Write a response that appropriately \
+             completes the request.\n\n### Instruction:\n{}\n\n### Response:\n",
+            example.instruction
+        )
+    } else {
+        format!(
+            "Below is an instruction that describes a task, paired with an input that provides \
+             further context. Write a response that appropriately completes the request.\n\n\
+             ### Instruction:\n{}\n\n### Input:\n{}\n\n### Response:\n",
+            example.instruction, example.input
+        )
+    }
+}
+
+/// Token ids of one example and which of them carry loss.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokenized {
+    /// Prompt then response (then EOS when it fits), at most `cutoff` tokens.
+    pub input_ids: Vec<u32>,
+    /// `true` where the next-token loss applies: response tokens (and EOS) only.
+    pub loss_mask: Vec<bool>,
+}
+
+/// Tokenizes `prompt + output` with `tokenize`, truncates to `cutoff` tokens, appends `eos`
+/// when there is room, and masks the prompt out of the loss (the paper trains on responses
+/// only).
+pub fn tokenize(
+    example: &Instruction,
+    tokenize: impl Fn(&str) -> Vec<u32>,
+    eos: Option<u32>,
+    cutoff: usize,
+) -> Tokenized {
+    let prompt = prompt(example);
+    let prompt_len = tokenize(&prompt).len();
+    let mut input_ids = tokenize(&format!("{prompt}{}", example.output));
+    input_ids.truncate(cutoff);
+    if let Some(eos) = eos
+        && input_ids.len() < cutoff
+        && input_ids.last() != Some(&eos)
+    {
+        input_ids.push(eos);
+    }
+    let loss_mask = (0..input_ids.len()).map(|i| i >= prompt_len).collect();
+    Tokenized {
+        input_ids,
+        loss_mask,
+    }
+}
+
+/// The commonsense-reasoning tasks of the paper and their answer formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+pub enum Task {
+    /// BoolQ: `true` / `false`.
+    Boolq,
+    /// PIQA: `solution1` / `solution2`.
+    Piqa,
+    /// Social IQa: `answer1`–`answer3`.
+    SocialIQa,
+    /// HellaSwag: `ending1`–`ending4`.
+    Hellaswag,
+    /// WinoGrande: `option1` / `option2`.
+    Winogrande,
+    /// ARC-Easy: `answer1`–`answer5`.
+    ArcEasy,
+    /// ARC-Challenge: `answer1`–`answer5`.
+    ArcChallenge,
+    /// OpenBookQA: `answer1`–`answer5`.
+    Openbookqa,
+}
+
+impl Task {
+    /// Every task, in the paper's table order.
+    pub const ALL: [Task; 8] = [
+        Task::Boolq,
+        Task::Piqa,
+        Task::SocialIQa,
+        Task::Hellaswag,
+        Task::Winogrande,
+        Task::ArcEasy,
+        Task::ArcChallenge,
+        Task::Openbookqa,
+    ];
+
+    /// The answers a response may contain.
+    pub fn choices(self) -> &'static [&'static str] {
+        match self {
+            Task::Boolq => &["true", "false"],
+            Task::Piqa => &["solution1", "solution2"],
+            Task::SocialIQa => &["answer1", "answer2", "answer3", "answer4", "answer5"],
+            Task::Hellaswag => &["ending1", "ending2", "ending3", "ending4"],
+            Task::Winogrande => &["option1", "option2"],
+            Task::ArcEasy | Task::ArcChallenge | Task::Openbookqa => {
+                &["answer1", "answer2", "answer3", "answer4", "answer5"]
+            }
+        }
+    }
+
+    /// The task for an LLM-Adapters dataset directory name (`boolq`, `social_i_qa`,
+    /// `ARC-Easy`, …).
+    pub fn from_dataset_name(name: &str) -> Option<Self> {
+        let name = name.to_ascii_lowercase().replace(['-', '_'], "");
+        Some(match name.as_str() {
+            "boolq" => Task::Boolq,
+            "piqa" => Task::Piqa,
+            "socialiqa" | "siqa" => Task::SocialIQa,
+            "hellaswag" => Task::Hellaswag,
+            "winogrande" => Task::Winogrande,
+            "arceasy" | "arce" => Task::ArcEasy,
+            "arcchallenge" | "arcc" => Task::ArcChallenge,
+            "openbookqa" | "obqa" => Task::Openbookqa,
+            _ => return None,
+        })
+    }
+
+    /// The answer in a generated response: the earliest occurrence of any of
+    /// [`Task::choices`] (as LLM-Adapters' `extract_answer` takes the first regex match), or
+    /// `None`.
+    pub fn extract_answer(self, response: &str) -> Option<&'static str> {
+        let response = response.trim();
+        self.choices()
+            .iter()
+            .filter_map(|choice| response.find(choice).map(|at| (at, *choice)))
+            // Earliest start; at the same start the longer choice wins.
+            .min_by_key(|(at, choice)| (*at, usize::MAX - choice.len()))
+            .map(|(_, choice)| choice)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example(input: &str) -> Instruction {
+        Instruction {
+            instruction: "Is water wet?".into(),
+            input: input.into(),
+            output: "the correct answer is true".into(),
+            answer: Some("true".into()),
+        }
+    }
+
+    #[test]
+    fn prompt_has_the_input_section_only_with_input() {
+        assert!(!prompt(&example("")).contains("### Input:"));
+        assert!(prompt(&example("ctx")).contains("### Input:\nctx\n\n### Response:\n"));
+    }
+
+    #[test]
+    fn loss_covers_response_tokens_only_and_cutoff_applies() {
+        // One token per character: easy to count.
+        let chars = |s: &str| s.chars().map(|c| c as u32).collect::<Vec<u32>>();
+        let ex = example("");
+        let prompt_len = prompt(&ex).chars().count();
+        let full = tokenize(&ex, chars, Some(0), 10_000);
+        assert_eq!(full.input_ids.len(), prompt_len + ex.output.len() + 1);
+        assert_eq!(
+            full.loss_mask.iter().filter(|m| **m).count(),
+            ex.output.len() + 1
+        );
+        assert!(!full.loss_mask[prompt_len - 1] && full.loss_mask[prompt_len]);
+        let cut = tokenize(&ex, chars, Some(0), prompt_len + 3);
+        assert_eq!(cut.input_ids.len(), prompt_len + 3);
+        assert_eq!(cut.loss_mask.iter().filter(|m| **m).count(), 3);
+    }
+
+    #[test]
+    fn answers_are_extracted_per_task() {
+        assert_eq!(
+            Task::Boolq.extract_answer("the correct answer is false"),
+            Some("false")
+        );
+        assert_eq!(
+            Task::Piqa.extract_answer("solution2 is better than solution1"),
+            Some("solution2")
+        );
+        assert_eq!(Task::Hellaswag.extract_answer("ending3"), Some("ending3"));
+        assert_eq!(
+            Task::Winogrande.extract_answer("I pick option1."),
+            Some("option1")
+        );
+        assert_eq!(
+            Task::ArcChallenge.extract_answer("answer4"),
+            Some("answer4")
+        );
+        assert_eq!(Task::Openbookqa.extract_answer("no idea"), None);
+        assert_eq!(
+            Task::from_dataset_name("ARC-Challenge"),
+            Some(Task::ArcChallenge)
+        );
+        assert_eq!(
+            Task::from_dataset_name("social_i_qa"),
+            Some(Task::SocialIQa)
+        );
+    }
+}

@@ -1,0 +1,242 @@
+//! Datasets: image classification (Stanford Cars layouts, ImageFolder, parquet, the bundled
+//! digits) and causal-LM instruction data.
+//!
+//! Images are decoded lazily, in parallel, inside the [`ImageBatcher`]; the order of examples is
+//! fixed by [`EpochOrder`] from a seed and the epoch, so a resumed run sees exactly the batches
+//! an uninterrupted one would have seen.
+
+pub mod batch;
+pub mod cars;
+pub mod digits;
+pub mod folder;
+pub mod instruct;
+pub mod mat;
+pub mod parquet_images;
+pub mod rng;
+pub mod transform;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use batch::{EpochOrder, ImageBatch, ImageBatcher, SampleRef};
+pub use transform::{Normalization, Transform};
+
+use crate::error::{Result, TrainError};
+
+/// Where an image's bytes come from.
+#[derive(Debug, Clone)]
+pub enum ImageSource {
+    /// An encoded image file (JPEG or PNG) on disk.
+    File(PathBuf),
+    /// An encoded image held in memory (read from a parquet file).
+    Encoded(Arc<[u8]>),
+    /// Raw 8-bit grayscale pixels, row-major.
+    Gray {
+        /// Width in pixels.
+        width: u32,
+        /// Height in pixels.
+        height: u32,
+        /// `width · height` values.
+        pixels: Arc<[u8]>,
+    },
+}
+
+impl ImageSource {
+    /// Decodes the image.
+    pub fn decode(&self) -> std::result::Result<image::DynamicImage, String> {
+        match self {
+            Self::File(path) => image::ImageReader::open(path)
+                .map_err(|e| e.to_string())?
+                .with_guessed_format()
+                .map_err(|e| e.to_string())?
+                .decode()
+                .map_err(|e| e.to_string()),
+            Self::Encoded(bytes) => image::load_from_memory(bytes).map_err(|e| e.to_string()),
+            Self::Gray {
+                width,
+                height,
+                pixels,
+            } => image::GrayImage::from_raw(*width, *height, pixels.to_vec())
+                .map(image::DynamicImage::ImageLuma8)
+                .ok_or_else(|| "pixel count does not match the size".to_string()),
+        }
+    }
+
+    /// Whether the image's header can be read (cheap; used to skip unreadable files up front).
+    pub fn header_ok(&self) -> bool {
+        match self {
+            Self::File(path) => image::ImageReader::open(path)
+                .and_then(|r| r.with_guessed_format())
+                .ok()
+                .and_then(|r| r.into_dimensions().ok())
+                .is_some_and(|(w, h)| w > 0 && h > 0),
+            Self::Encoded(bytes) => image::ImageReader::new(std::io::Cursor::new(&bytes[..]))
+                .with_guessed_format()
+                .ok()
+                .and_then(|r| r.into_dimensions().ok())
+                .is_some_and(|(w, h)| w > 0 && h > 0),
+            Self::Gray {
+                width,
+                height,
+                pixels,
+            } => pixels.len() == (*width as usize) * (*height as usize),
+        }
+    }
+}
+
+/// One labelled image.
+#[derive(Debug, Clone)]
+pub struct ImageSample {
+    /// Where the pixels come from.
+    pub source: ImageSource,
+    /// Class index in `0..num_classes`.
+    pub label: usize,
+}
+
+/// One split (train or test) of an image-classification dataset.
+#[derive(Debug, Clone, Default)]
+pub struct ImageSplit {
+    /// The usable examples.
+    pub samples: Vec<ImageSample>,
+    /// Entries skipped because their image could not be read.
+    pub skipped: usize,
+}
+
+/// Which on-disk layout a dataset was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Stanford Cars as torchvision / the original devkit ship it (`cars_train/`, `cars_test/`,
+    /// `devkit/*.mat`).
+    CarsDevkit,
+    /// Stanford Cars from Kaggle: class folders plus `anno_*.csv` / `names.csv`.
+    CarsKaggle,
+    /// Hugging Face parquet files (`Multimodal-Fatima/StanfordCars_*` and similar).
+    Parquet,
+    /// A plain ImageFolder: `train/<class>/*.jpg` and `test/<class>/*.jpg` (or `val/`).
+    ImageFolder,
+    /// The 8×8 digits bundled with this crate.
+    Digits,
+}
+
+/// An image-classification dataset: both splits and the class names.
+#[derive(Debug, Clone)]
+pub struct ImageDataset {
+    /// Training examples.
+    pub train: ImageSplit,
+    /// Evaluation examples.
+    pub test: ImageSplit,
+    /// Class names; labels index into it.
+    pub classes: Vec<String>,
+    /// The layout it was read from.
+    pub layout: Layout,
+    /// The directory it was read from.
+    pub root: PathBuf,
+}
+
+/// The layouts [`detect`] tries, in words (for error messages).
+pub const LAYOUTS_LOOKED_FOR: &str = "Stanford Cars devkit/torchvision layout (`cars_train/`, \
+`cars_test/`, `devkit/cars_train_annos.mat`, `devkit/cars_meta.mat`, \
+`cars_test_annos_withlabels.mat`), Stanford Cars Kaggle layout (`car_data/car_data/train|test/<class>/`, \
+`anno_train.csv`, `anno_test.csv`, `names.csv`), Hugging Face parquet files (`*train*.parquet` and \
+`*test*.parquet` with `image` and `label` columns), ImageFolder (`train/<class>/*.jpg` and \
+`test/<class>/*.jpg` or `val/<class>/*.jpg`)";
+
+/// Reads an image dataset from `root`, detecting its layout: Stanford Cars (devkit, Kaggle),
+/// parquet files, or an ImageFolder — also one directory down (for example
+/// `root/stanford_cars/`). Unreadable images are skipped and counted.
+pub fn detect(root: &Path) -> Result<ImageDataset> {
+    if !root.is_dir() {
+        return Err(TrainError::Layout {
+            path: root.to_path_buf(),
+            looked_for: format!("a directory holding one of: {LAYOUTS_LOOKED_FOR}"),
+        });
+    }
+    let mut candidates = vec![root.to_path_buf()];
+    if let Ok(entries) = std::fs::read_dir(root) {
+        let mut subdirs: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .collect();
+        subdirs.sort();
+        candidates.extend(subdirs);
+    }
+    for dir in &candidates {
+        if let Some(found) = cars::read_devkit(dir)? {
+            return finish(found);
+        }
+        if let Some(found) = cars::read_kaggle(dir)? {
+            return finish(found);
+        }
+        if let Some(found) = parquet_images::read_dir(dir)? {
+            return finish(found);
+        }
+        if let Some(found) = folder::read_train_test(dir)? {
+            return finish(found);
+        }
+    }
+    Err(TrainError::Layout {
+        path: root.to_path_buf(),
+        looked_for: LAYOUTS_LOOKED_FOR.to_string(),
+    })
+}
+
+fn finish(dataset: ImageDataset) -> Result<ImageDataset> {
+    for (split, data) in [("train", &dataset.train), ("test", &dataset.test)] {
+        if data.samples.is_empty() {
+            return Err(TrainError::EmptySplit {
+                split,
+                path: dataset.root.clone(),
+                skipped: data.skipped,
+            });
+        }
+    }
+    Ok(dataset)
+}
+
+/// Keeps the samples whose image header reads, checking in parallel; returns them and the
+/// number skipped.
+pub fn drop_unreadable(samples: Vec<ImageSample>) -> ImageSplit {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let chunk = samples.len().div_ceil(threads).max(1);
+    let keep: Vec<bool> = std::thread::scope(|scope| {
+        let handles: Vec<_> = samples
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|s| s.source.header_ok())
+                        .collect::<Vec<bool>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect::<Vec<bool>>()
+    });
+    let total = samples.len();
+    let samples: Vec<ImageSample> = samples
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(s, ok)| ok.then_some(s))
+        .collect();
+    ImageSplit {
+        skipped: total - samples.len(),
+        samples,
+    }
+}
+
+/// Whether `path` has an image file extension this crate decodes.
+pub fn is_image_file(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
+}
+
+pub(crate) fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| TrainError::io("cannot list directory", dir, e))?;
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    Ok(paths)
+}

@@ -1,0 +1,168 @@
+//! The one error type of `peanut-train`.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong with what a user supplies to training, evaluation or the CLI:
+/// datasets, files, options, checkpoints, and a run that diverges.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A file or directory could not be read or written.
+    #[error("{action} `{path}`: {source}")]
+    Io {
+        /// What was being done ("cannot read", …).
+        action: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// No supported dataset layout was found.
+    #[error("no dataset found at `{path}`: looked for {looked_for}")]
+    Layout {
+        /// The directory that was searched.
+        path: PathBuf,
+        /// The layouts that were tried, in words.
+        looked_for: String,
+    },
+
+    /// A dataset file has content this crate cannot use.
+    #[error("`{path}`: {reason}")]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the offending value.
+        reason: String,
+    },
+
+    /// A MATLAB `.mat` file did not parse.
+    #[error("malformed MAT file `{path}`: {reason}")]
+    Mat {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A parquet file did not parse.
+    #[error("cannot read parquet file `{path}`: {source}")]
+    Parquet {
+        /// The file.
+        path: PathBuf,
+        /// The reader's error.
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+
+    /// A JSON file did not parse or lacks fields.
+    #[error("malformed JSON in `{path}`: {source}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A split of a dataset has no usable example.
+    #[error("the {split} split at `{path}` has no usable example ({skipped} unreadable)")]
+    EmptySplit {
+        /// `train` or `test`.
+        split: &'static str,
+        /// Where it was read from.
+        path: PathBuf,
+        /// How many entries were skipped as unreadable.
+        skipped: usize,
+    },
+
+    /// An option has a value that cannot work.
+    #[error("invalid option `{option}`: {reason}")]
+    InvalidOption {
+        /// The option, as spelled on the command line.
+        option: &'static str,
+        /// Why, with the value.
+        reason: String,
+    },
+
+    /// The loss became NaN or infinite; the run stopped.
+    #[error(
+        "the training loss became non-finite ({loss}) at epoch {epoch}, iteration {iteration}; \
+         training stopped. {checkpoint}. Lower the learning rate or enable gradient clipping \
+         (--clip-grad-norm)"
+    )]
+    NonFiniteLoss {
+        /// The loss value seen.
+        loss: f32,
+        /// The epoch (1-based).
+        epoch: usize,
+        /// The iteration inside the epoch (1-based).
+        iteration: usize,
+        /// Where the last good checkpoint is, in words.
+        checkpoint: String,
+    },
+
+    /// `--resume` found nothing to resume.
+    #[error("cannot resume from `{path}`: {reason}")]
+    Resume {
+        /// The run directory.
+        path: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
+
+    /// A model or dataset file is neither on disk nor downloadable.
+    #[error(
+        "`{file}` of `{repo}` is not on disk and could not be downloaded ({reason}). Download it \
+         on a machine with network access (e.g. `huggingface-cli download {repo} {file}`) and \
+         pass the local directory instead, or set HF_HOME to a cache that holds it"
+    )]
+    HubUnavailable {
+        /// The hub repository id.
+        repo: String,
+        /// The file inside it.
+        file: String,
+        /// The download error, in words.
+        reason: String,
+    },
+
+    /// An adapter error (configuration, adapter files).
+    #[error(transparent)]
+    Adapter(#[from] peanut::PeanutError),
+
+    /// A model error (checkpoint files, configuration, targets).
+    #[error(transparent)]
+    Model(#[from] peanut_models::ModelError),
+
+    /// A burn record (checkpoint, cached model) could not be saved or loaded.
+    #[error("checkpoint `{path}`: {source}")]
+    Record {
+        /// The file.
+        path: PathBuf,
+        /// The recorder's error.
+        #[source]
+        source: burn::record::RecorderError,
+    },
+}
+
+/// `Result` with [`TrainError`].
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+impl TrainError {
+    /// An I/O error with its action and path.
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A malformed-content error.
+    pub fn malformed(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Self::Malformed {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,590 @@
+//! Image classification: the paper's ViT recipe on burn's Learner.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use burn::data::dataloader::DataLoaderBuilder;
+use burn::optim::AdamWConfig;
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Int, Tensor};
+use burn::train::checkpoint::KeepLastNCheckpoints;
+use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric, TopKAccuracyMetric};
+use burn::train::{Interrupter, Learner, SupervisedTraining};
+use peanut::{Activation, AdapterConfig, LoraConfig, PeanutConfig};
+use peanut_models::{AdaptableModel, Targets, Vit};
+use serde::{Deserialize, Serialize};
+
+use super::classifier::{ImageClassifier, LossGuard, OptimSettings};
+use super::metrics::ThroughputMetric;
+use crate::data::{
+    EpochOrder, ImageBatcher, ImageDataset, ImageSplit, Normalization, SampleRef, Transform,
+};
+use crate::error::{Result, TrainError};
+use crate::render::{PlainRenderer, use_dashboard};
+use crate::schedule::{Decay, WarmupDecay};
+
+/// What trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// PEANuT adapters on the target linears, plus the classifier head.
+    Peanut,
+    /// LoRA adapters on the target linears, plus the classifier head.
+    Lora,
+    /// The classifier head only (linear probe).
+    Head,
+    /// Every parameter (full fine-tuning).
+    Full,
+}
+
+impl Method {
+    /// The lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Peanut => "peanut",
+            Method::Lora => "lora",
+            Method::Head => "head",
+            Method::Full => "full",
+        }
+    }
+}
+
+/// The adapter's shape (for `peanut` and `lora`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdapterOptions {
+    /// Rank `r` (PEANuT's hidden width).
+    pub rank: usize,
+    /// PEANuT depth in linear maps (2, 4, 6, …).
+    pub depth: usize,
+    /// PEANuT activation, by peft / transformers name (`relu`, `gelu`, `silu`, …).
+    pub activation: String,
+    /// PEANuT scaling `s`.
+    pub scaling: f64,
+    /// LoRA `alpha` (scale `alpha / rank`).
+    pub lora_alpha: f64,
+}
+
+impl Default for AdapterOptions {
+    /// The paper's ViT setting: r = 7, depth 2, ReLU, s = 1; LoRA alpha = 8 (peft's default).
+    fn default() -> Self {
+        Self {
+            rank: 7,
+            depth: 2,
+            activation: "relu".into(),
+            scaling: 1.0,
+            lora_alpha: 8.0,
+        }
+    }
+}
+
+impl AdapterOptions {
+    /// The adapter configuration for `method`, or `None` for `head` and `full`.
+    pub fn config(&self, method: Method) -> Result<Option<AdapterConfig>> {
+        Ok(match method {
+            Method::Peanut => {
+                let activation = Activation::from_peft_name(&self.activation).ok_or_else(|| {
+                    TrainError::InvalidOption {
+                        option: "--activation",
+                        reason: format!(
+                            "`{}` is not one of relu, gelu, gelu_pytorch_tanh, silu, tanh, \
+                             sigmoid, leaky_relu, linear",
+                            self.activation
+                        ),
+                    }
+                })?;
+                let config = PeanutConfig::new(self.rank)
+                    .with_depth(self.depth)
+                    .with_activation(activation)
+                    .with_scaling(self.scaling);
+                config.validate()?;
+                Some(config.into())
+            }
+            Method::Lora => {
+                let config = LoraConfig::new(self.rank).with_alpha(self.lora_alpha);
+                config.validate()?;
+                Some(config.into())
+            }
+            Method::Head | Method::Full => None,
+        })
+    }
+}
+
+/// Everything that decides what a training run computes. Saved as `run.json` in the run
+/// directory; `--resume` requires the same settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageTrainConfig {
+    /// What trains.
+    pub method: Method,
+    /// Adapter shape (for `peanut` / `lora`).
+    pub adapter: AdapterOptions,
+    /// Target linears by name or pattern (`query`, `value`, `*.dense`).
+    pub targets: Vec<String>,
+    /// Block indices to adapt (all when empty).
+    pub layers: Vec<usize>,
+    /// Passes over the training data.
+    pub epochs: usize,
+    /// Examples per forward/backward pass.
+    pub batch_size: usize,
+    /// Passes whose gradients are summed before one optimizer step.
+    pub grad_accumulation: usize,
+    /// Peak learning rate of the classifier head.
+    pub head_lr: f64,
+    /// Peak learning rate of the adapters (of every non-head parameter for `full`).
+    pub adapter_lr: f64,
+    /// AdamW's decoupled weight decay.
+    pub weight_decay: f64,
+    /// Fraction of the steps spent in linear warmup.
+    pub warmup_ratio: f64,
+    /// The decay after warmup.
+    pub decay: Decay,
+    /// Clip the global gradient norm to this value.
+    pub clip_grad_norm: Option<f32>,
+    /// Seed of adapters, head, data order and augmentation.
+    pub seed: u64,
+    /// Model input side in pixels.
+    pub image_size: u32,
+    /// RandomResizedCrop + flip while training (the paper's); otherwise the eval transform.
+    pub augment: bool,
+    /// Pixel normalization (the checkpoint's mean and std).
+    pub normalization: Normalization,
+}
+
+impl Default for ImageTrainConfig {
+    /// The paper's Stanford Cars recipe: ViT q,v, PEANuT r = 7 depth 2 ReLU, 10 epochs, batch 64
+    /// × accumulation 4 (effective 256), head and adapter lr 1e-2, weight decay 4e-5, linear
+    /// decay, 224 px, RandomResizedCrop + flip, ViT normalization.
+    fn default() -> Self {
+        Self {
+            method: Method::Peanut,
+            adapter: AdapterOptions::default(),
+            targets: vec!["query".into(), "value".into()],
+            layers: Vec::new(),
+            epochs: 10,
+            batch_size: 64,
+            grad_accumulation: 4,
+            head_lr: 1e-2,
+            adapter_lr: 1e-2,
+            weight_decay: 4e-5,
+            warmup_ratio: 0.0,
+            decay: Decay::Linear,
+            clip_grad_norm: None,
+            seed: 42,
+            image_size: 224,
+            augment: true,
+            normalization: Normalization::VIT,
+        }
+    }
+}
+
+impl ImageTrainConfig {
+    /// Checks the options that could not work; the error names the option.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |option, reason: String| Err(TrainError::InvalidOption { option, reason });
+        if self.epochs == 0 {
+            return bad("--epochs", "must be at least 1".into());
+        }
+        if self.batch_size == 0 {
+            return bad("--batch-size", "must be at least 1".into());
+        }
+        if self.grad_accumulation == 0 {
+            return bad("--grad-accumulation", "must be at least 1".into());
+        }
+        for (option, lr) in [
+            ("--head-lr", self.head_lr),
+            ("--adapter-lr", self.adapter_lr),
+        ] {
+            if !(lr.is_finite() && lr > 0.0) {
+                return bad(option, format!("must be a positive number, got {lr}"));
+            }
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            return bad(
+                "--warmup-ratio",
+                format!("must be in [0, 1), got {}", self.warmup_ratio),
+            );
+        }
+        if self.clip_grad_norm.is_some_and(|c| c.is_nan() || c <= 0.0) {
+            return bad("--clip-grad-norm", "must be positive".into());
+        }
+        if self.image_size == 0 {
+            return bad("--image-size", "must be at least 1".into());
+        }
+        self.adapter.config(self.method).map(|_| ())
+    }
+
+    /// The training transform.
+    pub fn train_transform(&self) -> Transform {
+        if self.augment {
+            Transform::train(self.image_size)
+        } else {
+            Transform::eval(self.image_size)
+        }
+    }
+}
+
+/// Where and how a run is kept.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The run directory: checkpoints, `run.json`, logs, exported adapters.
+    pub dir: PathBuf,
+    /// Continue from the last checkpoint in `dir`.
+    pub resume: bool,
+    /// A short name shown on progress lines.
+    pub label: String,
+}
+
+/// A finished run.
+pub struct TrainedImage<B: Backend> {
+    /// The trained model.
+    pub model: Vit<B>,
+    /// Trainable parameter count.
+    pub trainable_params: usize,
+    /// Images that could not be decoded during training (left out of their batches).
+    pub skipped_images: usize,
+}
+
+/// Applies `config.method` to a model: adapters on the targets and a trainable head, a trainable
+/// head only, or everything trainable. Returns the model and its trainable parameter count.
+pub fn prepare_model<B: AutodiffBackend>(
+    model: Vit<B>,
+    config: &ImageTrainConfig,
+) -> Result<(Vit<B>, usize)> {
+    let mut model = model;
+    if let Some(adapter) = config.adapter.config(config.method)? {
+        let mut targets = Targets::new(config.targets.iter().cloned());
+        if !config.layers.is_empty() {
+            targets = targets.with_layers(config.layers.iter().copied());
+        }
+        model
+            .add_adapters(&targets, &adapter, config.seed)
+            .map_err(|e| TrainError::InvalidOption {
+                option: "--targets",
+                reason: e.to_string(),
+            })?;
+    }
+    let model = match config.method {
+        Method::Full => model.with_trainable_base(true),
+        _ => model.with_trainable_head(true),
+    };
+    let trainable = peanut::count_trainable_params(&model);
+    Ok((model, trainable))
+}
+
+/// The last epoch with a complete checkpoint (model, optimizer and scheduler) in `dir`.
+pub fn last_checkpoint(dir: &Path) -> Option<usize> {
+    let entries = std::fs::read_dir(dir.join("checkpoint")).ok()?;
+    let names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let epoch_of = |prefix: &str, name: &str| {
+        name.strip_prefix(prefix)?
+            .split('.')
+            .next()?
+            .parse::<usize>()
+            .ok()
+    };
+    names
+        .iter()
+        .filter_map(|n| epoch_of("model-", n))
+        .filter(|epoch| {
+            ["optim-", "scheduler-"]
+                .iter()
+                .all(|p| names.iter().any(|n| epoch_of(p, n) == Some(*epoch)))
+        })
+        .max()
+}
+
+fn write_run_config(dir: &Path, config: &ImageTrainConfig, resume: bool) -> Result<()> {
+    let path = dir.join("run.json");
+    if resume {
+        let bytes = std::fs::read(&path).map_err(|e| TrainError::Resume {
+            path: dir.to_path_buf(),
+            reason: format!("cannot read `{}`: {e}", path.display()),
+        })?;
+        let stored: ImageTrainConfig =
+            serde_json::from_slice(&bytes).map_err(|source| TrainError::Json {
+                path: path.clone(),
+                source,
+            })?;
+        if &stored != config {
+            return Err(TrainError::Resume {
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "the run was started with other settings (see `{}`); resume with the same \
+                     options",
+                    path.display()
+                ),
+            });
+        }
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::io("cannot create", dir, e))?;
+    let json = serde_json::to_vec_pretty(config).expect("config serializes");
+    std::fs::write(&path, json).map_err(|e| TrainError::io("cannot write", &path, e))
+}
+
+/// Trains `model` (fresh from a checkpoint, no adapters yet) on `data` with `config`, on
+/// burn's Learner: the terminal dashboard when stdout is a terminal, plain progress lines
+/// otherwise. Checkpoints every epoch in `run.dir/checkpoint`; with `run.resume`, continues
+/// after the last one.
+///
+/// # Errors
+/// Bad options, an unusable dataset, nothing to resume, or a non-finite loss (the last good
+/// checkpoint is left in place).
+pub fn train_image<B: AutodiffBackend>(
+    model: Vit<B>,
+    data: &ImageDataset,
+    config: &ImageTrainConfig,
+    run: &RunOptions,
+    device: &B::Device,
+) -> Result<TrainedImage<B::InnerBackend>> {
+    config.validate()?;
+    let start_epoch = if run.resume {
+        let epoch = last_checkpoint(&run.dir).ok_or_else(|| TrainError::Resume {
+            path: run.dir.clone(),
+            reason: "no complete checkpoint in its `checkpoint/` folder".into(),
+        })?;
+        Some(epoch)
+    } else {
+        None
+    };
+    write_run_config(&run.dir, config, run.resume)?;
+    if start_epoch.is_some_and(|e| e >= config.epochs) {
+        return Err(TrainError::Resume {
+            path: run.dir.clone(),
+            reason: format!("the run already finished its {} epochs", config.epochs),
+        });
+    }
+    B::seed(device, config.seed);
+    let (model, trainable_params) = prepare_model(model, config)?;
+    let channels = model.config.num_channels;
+
+    let train_samples: Arc<[_]> = data.train.samples.clone().into();
+    let test_samples: Arc<[_]> = data.test.samples.clone().into();
+    let train_batcher = ImageBatcher::new(
+        train_samples.clone(),
+        config.train_transform(),
+        config.normalization,
+        channels,
+        config.seed,
+    );
+    let test_batcher = ImageBatcher::new(
+        test_samples.clone(),
+        Transform::eval(config.image_size),
+        config.normalization,
+        channels,
+        config.seed,
+    );
+    let order = EpochOrder::new(train_samples.len(), Some(config.seed))
+        .starting_at_pass(start_epoch.unwrap_or(0));
+    let loader_train = DataLoaderBuilder::<B, SampleRef, _>::new(train_batcher.clone())
+        .batch_size(config.batch_size)
+        .build(order);
+    let loader_test = DataLoaderBuilder::<B::InnerBackend, SampleRef, _>::new(test_batcher)
+        .batch_size(config.batch_size)
+        .build(EpochOrder::new(test_samples.len(), None));
+
+    let per_epoch = train_samples.len().div_ceil(config.batch_size);
+    let total = per_epoch * config.epochs;
+    let warmup = (config.warmup_ratio * total as f64).round() as usize;
+    let scheduler = WarmupDecay::new(config.head_lr, warmup, total, config.decay);
+    let mut optimizer = AdamWConfig::new().with_weight_decay(config.weight_decay as f32);
+    optimizer = optimizer.with_epsilon(1e-8);
+
+    let interrupter = Interrupter::new();
+    let guard = LossGuard::new(interrupter.clone(), start_epoch.unwrap_or(0) * per_epoch);
+    let settings = OptimSettings {
+        body_lr_ratio: config.adapter_lr / config.head_lr,
+        clip_grad_norm: config.clip_grad_norm,
+    };
+    let wrapped = ImageClassifier::new(model, guard.clone(), settings);
+    let learner = Learner::new(wrapped, optimizer.init(), scheduler);
+
+    let top_k = data.classes.len().clamp(1, 5);
+    let mut training = SupervisedTraining::new(&run.dir, loader_train, loader_test)
+        .metrics((
+            LossMetric::new(),
+            AccuracyMetric::new(),
+            TopKAccuracyMetric::new(top_k),
+        ))
+        .metric_train_numeric(LearningRateMetric::new())
+        .metric_train_numeric(ThroughputMetric::new("images/s"))
+        .with_file_checkpointer(NamedMpkFileRecorder::<FullPrecisionSettings>::new())
+        .with_checkpointing_strategy(KeepLastNCheckpoints::new(2))
+        .with_interrupter(interrupter)
+        .with_application_logger(None)
+        .num_epochs(config.epochs);
+    if config.grad_accumulation > 1 {
+        training = training.grads_accumulation(config.grad_accumulation);
+    }
+    if let Some(epoch) = start_epoch {
+        training = training.checkpoint(epoch);
+    }
+    if !use_dashboard() {
+        training = training.renderer(PlainRenderer::new(&run.label, Duration::from_secs(10)));
+    }
+    let result = training.launch(learner);
+    drop(result.renderer);
+
+    if let Some(divergence) = guard.divergence() {
+        let epoch = (divergence.step - 1) / per_epoch.max(1) + 1;
+        let iteration = (divergence.step - 1) % per_epoch.max(1) + 1;
+        let checkpoint = match last_checkpoint(&run.dir) {
+            Some(epoch) => format!(
+                "The last good checkpoint (epoch {epoch}) is in `{}`; `--resume` continues from it",
+                run.dir.join("checkpoint").display()
+            ),
+            None => "No epoch finished, so there is no checkpoint".to_string(),
+        };
+        return Err(TrainError::NonFiniteLoss {
+            loss: divergence.loss,
+            epoch,
+            iteration,
+            checkpoint,
+        });
+    }
+    Ok(TrainedImage {
+        model: result.model.model,
+        trainable_params,
+        skipped_images: train_batcher.skipped() + data.train.skipped,
+    })
+}
+
+/// Accuracy of a model on a split.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvalReport {
+    /// Top-1 accuracy in `[0, 1]`.
+    pub top1: f64,
+    /// Top-5 accuracy (top-k with k = min(5, classes)).
+    pub top5: f64,
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Images evaluated.
+    pub count: usize,
+    /// Images that could not be decoded.
+    pub skipped: usize,
+}
+
+/// Evaluates `model` on `split` with the evaluation transform at `image_size`.
+pub fn evaluate<B: Backend>(
+    model: &Vit<B>,
+    split: &ImageSplit,
+    image_size: u32,
+    normalization: Normalization,
+    batch_size: usize,
+    device: &B::Device,
+) -> EvalReport {
+    let samples: Arc<[_]> = split.samples.clone().into();
+    let batcher = ImageBatcher::new(
+        samples.clone(),
+        Transform::eval(image_size),
+        normalization,
+        model.config.num_channels,
+        0,
+    );
+    let (mut top1, mut top5, mut loss_sum, mut count) = (0usize, 0usize, 0f64, 0usize);
+    let k = model.config.num_labels.clamp(1, 5);
+    let refs: Vec<SampleRef> = (0..samples.len())
+        .map(|index| SampleRef { index, pass: 0 })
+        .collect();
+    for chunk in refs.chunks(batch_size.max(1)) {
+        let loaded = batcher.load_all(chunk);
+        if loaded.is_empty() {
+            continue;
+        }
+        let batch = batcher.stack::<B>(loaded, device);
+        let n = batch.targets.dims()[0];
+        let logits = model.forward(batch.images);
+        let loss = burn::nn::loss::CrossEntropyLossConfig::new()
+            .init(device)
+            .forward(logits.clone(), batch.targets.clone());
+        let loss: f64 = loss.into_scalar().elem();
+        loss_sum += loss * n as f64;
+        let targets: Tensor<B, 2, Int> = batch.targets.reshape([n, 1]);
+        let best: Tensor<B, 2, Int> = logits.clone().argmax(1);
+        top1 += best
+            .equal(targets.clone())
+            .int()
+            .sum()
+            .into_scalar()
+            .elem::<i64>() as usize;
+        let topk = logits.topk_with_indices(k, 1).1;
+        top5 += topk
+            .equal(targets.repeat_dim(1, k))
+            .int()
+            .sum()
+            .into_scalar()
+            .elem::<i64>() as usize;
+        count += n;
+    }
+    let denom = count.max(1) as f64;
+    EvalReport {
+        top1: top1 as f64 / denom,
+        top5: top5 as f64 / denom,
+        loss: loss_sum / denom,
+        count,
+        skipped: batcher.skipped() + split.skipped,
+    }
+}
+
+/// Writes a trained model's adapters to `dir/peanut/` (this workspace's format) and, when they
+/// are all PEANuT adapters, to `dir/peft/` (Hugging Face peft's format); and the classifier head
+/// to `dir/head.safetensors` (`classifier.weight` `[labels, hidden]`, `classifier.bias`, PyTorch
+/// layout). Returns the directories written.
+pub fn export<B: Backend>(
+    model: &Vit<B>,
+    dir: &Path,
+    base_model: Option<&str>,
+) -> Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    if !model.adapters().is_empty() {
+        let native = dir.join("peanut");
+        model
+            .save_adapters(&native)
+            .map_err(|e| TrainError::malformed(&native, e.to_string()))?;
+        written.push(native);
+        if model.adapters().iter().all(|(_, a)| a.method() == "peanut") {
+            let peft = dir.join("peft");
+            model
+                .save_adapters_peft(&peft, base_model)
+                .map_err(|e| TrainError::malformed(&peft, e.to_string()))?;
+            written.push(peft);
+        }
+    }
+    let head = dir.join("head.safetensors");
+    let weight = model.classifier.base.weight.val().transpose();
+    let mut tensors = vec![("classifier.weight".to_string(), weight.into_data())];
+    if let Some(bias) = &model.classifier.base.bias {
+        tensors.push(("classifier.bias".to_string(), bias.val().into_data()));
+    }
+    let owned: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(name, data)| {
+            let shape = data.shape.to_vec();
+            let values = data.convert::<f32>().into_vec::<f32>().unwrap_or_default();
+            (
+                name,
+                shape,
+                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
+        .iter()
+        .map(|(name, shape, bytes)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                    .expect("shape matches bytes");
+            (name.clone(), view)
+        })
+        .collect();
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::io("cannot create", dir, e))?;
+    let bytes = safetensors::serialize(views, None)
+        .map_err(|e| TrainError::malformed(&head, e.to_string()))?;
+    std::fs::write(&head, bytes).map_err(|e| TrainError::io("cannot write", &head, e))?;
+    written.push(head);
+    Ok(written)
+}
