@@ -70,6 +70,15 @@ pub enum PeanutError {
         hint: String,
     },
 
+    /// Adapters name a module the model has no adapted layer for.
+    #[error("no adapted layer `{module}` in the model (its adapted layers include {known:?})")]
+    UnknownModule {
+        /// The module path the adapters name.
+        module: String,
+        /// Some of the model's adapted-layer paths, to show the naming.
+        known: Vec<String>,
+    },
+
     /// A tensor has a different shape from the one the adapter needs.
     #[error("tensor `{key}` has shape {found:?}, expected {expected:?}")]
     ShapeMismatch {

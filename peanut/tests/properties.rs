@@ -794,7 +794,8 @@ fn attach_checks_every_layer_before_changing_any() {
     let map = [("missing".to_string(), fits.clone())].into();
     let err = io::attach([("fc".to_string(), &mut fc)], map).unwrap_err();
     assert!(
-        matches!(&err, PeanutError::UnexpectedKey { key, .. } if key == "missing"),
+        matches!(&err, PeanutError::UnknownModule { module, known }
+            if module == "missing" && known == &["fc"]),
         "{err}"
     );
 

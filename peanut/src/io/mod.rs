@@ -16,7 +16,7 @@ pub mod peft;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use safetensors::{Dtype, SafeTensors};
@@ -90,11 +90,9 @@ pub fn attach<'a, B: Backend>(
     // Check everything before touching anything.
     for (path, adapter) in &adapters {
         let Some(layer) = layers.get(path) else {
-            let known: Vec<&str> = layers.keys().map(String::as_str).take(8).collect();
-            return Err(PeanutError::UnexpectedKey {
-                path: PathBuf::from("<adapters>"),
-                key: path.clone(),
-                hint: format!("; the model's adapted layers include {known:?}"),
+            return Err(PeanutError::UnknownModule {
+                module: path.clone(),
+                known: layers.keys().take(8).cloned().collect(),
             });
         };
         check_fits(path, adapter, layer.dims())?;
