@@ -117,7 +117,9 @@ impl Activation {
             Self::Silu => Some("silu"),
             Self::Tanh => Some("tanh"),
             Self::Sigmoid => Some("sigmoid"),
-            Self::LeakyRelu { negative_slope } if negative_slope == 0.01 => Some("leaky_relu"),
+            Self::LeakyRelu {
+                negative_slope: 0.01,
+            } => Some("leaky_relu"),
             Self::Identity => Some("linear"),
             Self::LeakyRelu { .. } | Self::Sine { .. } => None,
         }

@@ -73,8 +73,7 @@ impl<B: Backend> AdaptedLinear<B> {
     /// Lets the base weight and bias train too (full fine-tuning), or freezes them again.
     pub fn unfreeze_base(mut self, trainable: bool) -> Self {
         self.base_trainable = trainable;
-        let set = |param: Param<Tensor<B, 2>>| param.set_require_grad(trainable);
-        self.base.weight = set(self.base.weight);
+        self.base.weight = self.base.weight.set_require_grad(trainable);
         self.base.bias = self.base.bias.map(|bias| bias.set_require_grad(trainable));
         self
     }

@@ -70,7 +70,7 @@ impl PeanutConfig {
         if self.rank == 0 {
             return Err(invalid("rank", "must be at least 1, got 0".into()));
         }
-        if self.depth < 2 || self.depth % 2 != 0 {
+        if self.depth < 2 || !self.depth.is_multiple_of(2) {
             return Err(invalid(
                 "depth",
                 format!(

@@ -47,6 +47,7 @@ pub trait PeftPaths {
     fn to_peft(&self, path: &str) -> String;
     /// Our module path for a transformers module path, or `None` if the model has no such
     /// module (loading then fails naming the key).
+    #[allow(clippy::wrong_self_convention)] // a mapping direction, not a constructor
     fn from_peft(&self, peft_path: &str) -> Option<String>;
 }
 
