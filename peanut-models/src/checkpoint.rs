@@ -167,10 +167,12 @@ impl Checkpoint {
         }
         let (start, end) = info.data_offsets;
         let data = &shard.bytes[shard.data_start + start..shard.data_start + end];
-        let values = decode(data, info.dtype).ok_or_else(|| ModelError::UnsupportedDtype {
-            path: shard.path.clone(),
-            key: key.to_string(),
-            dtype: format!("{:?}", info.dtype),
+        let values = peanut::io::decode_floats(data, info.dtype).ok_or_else(|| {
+            ModelError::UnsupportedDtype {
+                path: shard.path.clone(),
+                key: key.to_string(),
+                dtype: format!("{:?}", info.dtype),
+            }
         })?;
         Ok(Tensor::from_data(TensorData::new(values, shape), device))
     }
@@ -195,29 +197,6 @@ impl Shard {
             metadata,
         })
     }
-}
-
-/// Little-endian bytes of a float dtype to f32 values; `None` for non-float dtypes.
-fn decode(data: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
-    Some(match dtype {
-        Dtype::F32 => data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::F16 => data
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => data
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        Dtype::F64 => data
-            .chunks_exact(8)
-            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
-            .collect(),
-        _ => return None,
-    })
 }
 
 /// Reads and parses a JSON file, naming it in errors.

@@ -185,6 +185,30 @@ pub(crate) fn parse_safetensors<'a>(path: &Path, bytes: &'a [u8]) -> Result<Safe
     })
 }
 
+/// Little-endian safetensors bytes of a float dtype (F32, F16, BF16, F64) as f32 values; `None`
+/// for any other dtype.
+pub fn decode_floats(data: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
+    Some(match dtype {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::F64 => data
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
+            .collect(),
+        _ => return None,
+    })
+}
+
 /// A float tensor read from a safetensors file as `f32` values and its shape.
 pub(crate) struct RawTensor {
     pub shape: Vec<usize>,
@@ -198,30 +222,11 @@ impl RawTensor {
             path: path.to_path_buf(),
             key: key.to_string(),
         })?;
-        let data = view.data();
-        let values = match view.dtype() {
-            Dtype::F32 => data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F64 => data
-                .chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
-                .collect(),
-            Dtype::F16 => data
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => data
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(PeanutError::UnsupportedDtype {
-                    key: key.to_string(),
-                    dtype: format!("{other:?}"),
-                });
-            }
+        let Some(values) = decode_floats(view.data(), view.dtype()) else {
+            return Err(PeanutError::UnsupportedDtype {
+                key: key.to_string(),
+                dtype: format!("{:?}", view.dtype()),
+            });
         };
         Ok(Self {
             shape: view.shape().to_vec(),
