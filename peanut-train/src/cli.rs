@@ -15,20 +15,9 @@ use crate::error::{Result, TrainError};
 use crate::schedule::Decay;
 use crate::train::{self, AdapterOptions, ImageTrainConfig, Method, RunOptions};
 
-/// Options of `peanut train image`.
+/// The adapter options shared by `train image` and `info`.
 #[derive(Args, Debug, Clone)]
-pub struct TrainImageArgs {
-    /// Dataset directory: Stanford Cars (devkit/torchvision or Kaggle layout), Hugging Face
-    /// parquet files, or an ImageFolder with `train/` and `test/` (or `val/`); detected.
-    #[arg(long)]
-    pub data_dir: PathBuf,
-    /// Pretrained ViT: a directory with transformers' `config.json` and `model.safetensors`
-    /// (for example a download of google/vit-base-patch16-224-in21k).
-    #[arg(long)]
-    pub model: PathBuf,
-    /// Run directory: checkpoints, `run.json`, metrics, and the exported adapter in `export/`.
-    #[arg(long, default_value = "runs/peanut")]
-    pub output_dir: PathBuf,
+pub struct AdapterArgs {
     /// What trains: peanut or lora adapters (plus the head), the head alone, or everything.
     #[arg(long, value_enum, default_value = "peanut")]
     pub method: Method,
@@ -53,6 +42,38 @@ pub struct TrainImageArgs {
     /// Only these block indices (comma-separated; default all).
     #[arg(long, value_delimiter = ',')]
     pub layers: Vec<usize>,
+}
+
+impl AdapterArgs {
+    /// The adapter configuration these options describe.
+    pub fn options(&self) -> AdapterOptions {
+        AdapterOptions {
+            rank: self.rank,
+            depth: self.depth,
+            activation: self.activation.clone(),
+            scaling: self.scaling,
+            lora_alpha: self.lora_alpha,
+        }
+    }
+}
+
+/// Options of `peanut train image`.
+#[derive(Args, Debug, Clone)]
+pub struct TrainImageArgs {
+    /// Dataset directory: Stanford Cars (devkit/torchvision or Kaggle layout), Hugging Face
+    /// parquet files, or an ImageFolder with `train/` and `test/` (or `val/`); detected.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Pretrained ViT: a directory with transformers' `config.json` and `model.safetensors`
+    /// (for example a download of google/vit-base-patch16-224-in21k).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Run directory: checkpoints, `run.json`, metrics, and the exported adapter in `export/`.
+    #[arg(long, default_value = "runs/peanut")]
+    pub output_dir: PathBuf,
+    /// Which adapters, where.
+    #[command(flatten)]
+    pub adapter: AdapterArgs,
     /// Epochs.
     #[arg(long, default_value_t = 10)]
     pub epochs: usize,
@@ -101,16 +122,10 @@ impl TrainImageArgs {
     /// The training configuration these options describe.
     pub fn config(&self) -> ImageTrainConfig {
         ImageTrainConfig {
-            method: self.method,
-            adapter: AdapterOptions {
-                rank: self.rank,
-                depth: self.depth,
-                activation: self.activation.clone(),
-                scaling: self.scaling,
-                lora_alpha: self.lora_alpha,
-            },
-            targets: self.targets.clone(),
-            layers: self.layers.clone(),
+            method: self.adapter.method,
+            adapter: self.adapter.options(),
+            targets: self.adapter.targets.clone(),
+            layers: self.adapter.layers.clone(),
             epochs: self.epochs,
             batch_size: self.batch_size,
             grad_accumulation: self.grad_accumulation,
@@ -211,18 +226,9 @@ pub struct InfoArgs {
     /// The ViT directory.
     #[arg(long)]
     pub model: PathBuf,
-    /// Method whose trainable parameters to count.
-    #[arg(long, value_enum, default_value = "peanut")]
-    pub method: Method,
-    /// Adapter rank.
-    #[arg(long, default_value_t = 7)]
-    pub rank: usize,
-    /// PEANuT depth.
-    #[arg(long, default_value_t = 2)]
-    pub depth: usize,
-    /// Linears to adapt (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "query,value")]
-    pub targets: Vec<String>,
+    /// The adapters whose trainable parameters to count.
+    #[command(flatten)]
+    pub adapter: AdapterArgs,
     /// Number of classes of the head.
     #[arg(long)]
     pub num_labels: Option<usize>,
@@ -282,7 +288,7 @@ pub fn train_image(args: TrainImageArgs) -> Result<()> {
     let run = RunOptions {
         dir: args.output_dir.clone(),
         resume: args.resume,
-        label: args.method.name().into(),
+        label: args.adapter.method.name().into(),
     };
     let device = backend::device();
     let trained = train::train_image(model, &data, &config, &run, &device)?;
@@ -536,13 +542,10 @@ pub fn info(args: InfoArgs) -> Result<()> {
     let model = load_vit(&args.model, args.num_labels, None, 0)?;
     let total = model.num_params();
     let config = ImageTrainConfig {
-        method: args.method,
-        adapter: AdapterOptions {
-            rank: args.rank,
-            depth: args.depth,
-            ..AdapterOptions::default()
-        },
-        targets: args.targets.clone(),
+        method: args.adapter.method,
+        adapter: args.adapter.options(),
+        targets: args.adapter.targets.clone(),
+        layers: args.adapter.layers.clone(),
         ..ImageTrainConfig::default()
     };
     let linears: Vec<String> = model.linear_sites().into_iter().map(|s| s.path).collect();
@@ -554,7 +557,7 @@ pub fn info(args: InfoArgs) -> Result<()> {
     println!(
         "parameters: {total} total, {trainable} trainable ({:.4}%) with --method {}",
         100.0 * trainable as f64 / total.max(1) as f64,
-        args.method.name()
+        args.adapter.method.name()
     );
     Ok(())
 }
