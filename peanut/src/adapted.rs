@@ -57,15 +57,9 @@ impl<B: Backend> AdaptedLinear<B> {
     /// # Panics
     /// As [`AdaptedLinear::with_adapter`].
     pub fn push_adapter(&mut self, adapter: Adapter<B>) {
-        let [d_input, d_output] = self.dims();
-        let fits = match &adapter {
-            Adapter::Peanut(peanut) => peanut.d_output() == d_output,
-            Adapter::Lora(lora) => lora.a.dims()[0] == d_input && lora.b.dims()[1] == d_output,
-        };
-        assert!(
-            fits,
-            "adapter does not fit a [{d_input}, {d_output}] linear layer"
-        );
+        if let Err(mismatch) = crate::io::check_fits("adapter", &adapter, self.dims()) {
+            panic!("adapter does not fit this linear layer: {mismatch}");
+        }
         self.unmerge();
         self.adapters.push(adapter);
     }
