@@ -1,0 +1,104 @@
+//! Training pipeline tests on tiny models and tiny datasets generated on disk: one test target
+//! (one link of the burn-heavy binary) with a module per area.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod classify;
+
+use std::path::{Path, PathBuf};
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::Backend;
+use peanut_models::{AdaptableModel, Vit, VitConfig};
+use peanut_train::TrainError;
+use peanut_train::backend::TrainBackend;
+use peanut_train::data::{self, Layout};
+use peanut_train::schedule::Decay;
+use peanut_train::train::{self, AdapterOptions, ImageTrainConfig, Method, RunOptions};
+
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("peanut-train-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A 16×16 PNG whose colour depends on the class, with some per-image noise.
+pub fn write_png(path: &Path, class: usize, index: usize) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let image = image::RgbImage::from_fn(16, 16, |x, y| {
+        let noise = ((x * 7 + y * 13 + index as u32 * 31) % 40) as u8;
+        match class {
+            0 => image::Rgb([200 + noise / 2, noise, noise]),
+            1 => image::Rgb([noise, 200 + noise / 2, noise]),
+            _ => image::Rgb([noise, noise, 200 + noise / 2]),
+        }
+    });
+    image.save(path).unwrap();
+}
+
+pub fn image_folder(root: &Path, per_class: usize) {
+    for split in ["train", "test"] {
+        for (class, name) in ["red", "green", "blue"].iter().enumerate() {
+            for i in 0..per_class {
+                write_png(
+                    &root.join(split).join(name).join(format!("{i}.png")),
+                    class,
+                    i,
+                );
+            }
+        }
+    }
+}
+
+pub fn tiny_vit(num_labels: usize) -> Vit<TrainBackend> {
+    let mut config = VitConfig::tiny();
+    config.num_labels = num_labels;
+    config.init::<TrainBackend>(3, &Default::default()).unwrap()
+}
+
+pub fn tiny_config(method: Method, epochs: usize) -> ImageTrainConfig {
+    ImageTrainConfig {
+        method,
+        adapter: AdapterOptions {
+            rank: 2,
+            ..AdapterOptions::default()
+        },
+        epochs,
+        batch_size: 4,
+        grad_accumulation: 1,
+        head_lr: 1e-2,
+        adapter_lr: 1e-2,
+        decay: Decay::Linear,
+        image_size: 16,
+        seed: 5,
+        ..ImageTrainConfig::default()
+    }
+}
+
+pub fn run(dir: &Path, resume: bool) -> RunOptions {
+    RunOptions {
+        dir: dir.to_path_buf(),
+        resume,
+        label: "test".into(),
+    }
+}
+
+pub fn adapter_values(
+    model: &Vit<<TrainBackend as burn::tensor::backend::AutodiffBackend>::InnerBackend>,
+) -> Vec<f64> {
+    model
+        .adapters()
+        .into_iter()
+        .flat_map(|(_, adapter)| match adapter {
+            peanut::Adapter::Peanut(p) => {
+                [common::values(p.a.val()), common::values(p.b.val())].concat()
+            }
+            peanut::Adapter::Lora(l) => {
+                [common::values(l.a.val()), common::values(l.b.val())].concat()
+            }
+        })
+        .chain(common::values(model.classifier.base.weight.val()))
+        .collect()
+}
+
