@@ -2,114 +2,24 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use burn::data::dataloader::DataLoaderBuilder;
 use burn::optim::AdamWConfig;
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor};
-use burn::train::checkpoint::KeepLastNCheckpoints;
 use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric, TopKAccuracyMetric};
 use burn::train::{Interrupter, Learner, SupervisedTraining};
-use peanut::{Activation, AdapterConfig, LoraConfig, PeanutConfig};
-use peanut_models::{AdaptableModel, Targets, Vit};
+use peanut_models::{AdaptableModel, Vit};
 use serde::{Deserialize, Serialize};
 
 use super::classifier::{ImageClassifier, LossGuard, OptimSettings};
 use super::metrics::ThroughputMetric;
+use super::run::{self, AdapterOptions, Method, RunOptions};
 use crate::data::{
     EpochOrder, ImageBatcher, ImageDataset, ImageSplit, Normalization, SampleRef, Transform,
 };
 use crate::error::{Result, TrainError};
-use crate::render::{PlainRenderer, use_dashboard};
 use crate::schedule::{Decay, WarmupDecay};
-
-/// What trains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum Method {
-    /// PEANuT adapters on the target linears, plus the classifier head.
-    Peanut,
-    /// LoRA adapters on the target linears, plus the classifier head.
-    Lora,
-    /// The classifier head only (linear probe).
-    Head,
-    /// Every parameter (full fine-tuning).
-    Full,
-}
-
-impl Method {
-    /// The lower-case name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::Peanut => "peanut",
-            Method::Lora => "lora",
-            Method::Head => "head",
-            Method::Full => "full",
-        }
-    }
-}
-
-/// The adapter's shape (for `peanut` and `lora`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AdapterOptions {
-    /// Rank `r` (PEANuT's hidden width).
-    pub rank: usize,
-    /// PEANuT depth in linear maps (2, 4, 6, …).
-    pub depth: usize,
-    /// PEANuT activation, by peft / transformers name (`relu`, `gelu`, `silu`, …).
-    pub activation: String,
-    /// PEANuT scaling `s`.
-    pub scaling: f64,
-    /// LoRA `alpha` (scale `alpha / rank`).
-    pub lora_alpha: f64,
-}
-
-impl Default for AdapterOptions {
-    /// The paper's ViT setting: r = 7, depth 2, ReLU, s = 1; LoRA alpha = 8 (peft's default).
-    fn default() -> Self {
-        Self {
-            rank: 7,
-            depth: 2,
-            activation: "relu".into(),
-            scaling: 1.0,
-            lora_alpha: 8.0,
-        }
-    }
-}
-
-impl AdapterOptions {
-    /// The adapter configuration for `method`, or `None` for `head` and `full`.
-    pub fn config(&self, method: Method) -> Result<Option<AdapterConfig>> {
-        Ok(match method {
-            Method::Peanut => {
-                let activation = Activation::from_peft_name(&self.activation).ok_or_else(|| {
-                    TrainError::InvalidOption {
-                        option: "--activation",
-                        reason: format!(
-                            "`{}` is not one of relu, gelu, gelu_pytorch_tanh, silu, tanh, \
-                             sigmoid, leaky_relu, linear",
-                            self.activation
-                        ),
-                    }
-                })?;
-                let config = PeanutConfig::new(self.rank)
-                    .with_depth(self.depth)
-                    .with_activation(activation)
-                    .with_scaling(self.scaling);
-                config.validate()?;
-                Some(config.into())
-            }
-            Method::Lora => {
-                let config = LoraConfig::new(self.rank).with_alpha(self.lora_alpha);
-                config.validate()?;
-                Some(config.into())
-            }
-            Method::Head | Method::Full => None,
-        })
-    }
-}
 
 /// Everything that decides what a training run computes. Saved as `run.json` in the run
 /// directory; `--resume` requires the same settings.
@@ -224,17 +134,6 @@ impl ImageTrainConfig {
     }
 }
 
-/// Where and how a run is kept.
-#[derive(Debug, Clone)]
-pub struct RunOptions {
-    /// The run directory: checkpoints, `run.json`, logs, exported adapters.
-    pub dir: PathBuf,
-    /// Continue from the last checkpoint in `dir`.
-    pub resume: bool,
-    /// A short name shown on progress lines.
-    pub label: String,
-}
-
 /// A finished run.
 pub struct TrainedImage<B: Backend> {
     /// The trained model.
@@ -252,78 +151,19 @@ pub fn prepare_model<B: AutodiffBackend>(
     config: &ImageTrainConfig,
 ) -> Result<(Vit<B>, usize)> {
     let mut model = model;
-    if let Some(adapter) = config.adapter.config(config.method)? {
-        let mut targets = Targets::new(config.targets.iter().cloned());
-        if !config.layers.is_empty() {
-            targets = targets.with_layers(config.layers.iter().copied());
-        }
-        model
-            .add_adapters(&targets, &adapter, config.seed)
-            .map_err(|e| TrainError::InvalidOption {
-                option: "--targets",
-                reason: e.to_string(),
-            })?;
-    }
+    config.adapter.attach(
+        &mut model,
+        config.method,
+        &config.targets,
+        &config.layers,
+        config.seed,
+    )?;
     let model = match config.method {
         Method::Full => model.with_trainable_base(true),
         _ => model.with_trainable_head(true),
     };
     let trainable = peanut::count_trainable_params(&model);
     Ok((model, trainable))
-}
-
-/// The last epoch with a complete checkpoint (model, optimizer and scheduler) in `dir`.
-pub fn last_checkpoint(dir: &Path) -> Option<usize> {
-    let entries = std::fs::read_dir(dir.join("checkpoint")).ok()?;
-    let names: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    let epoch_of = |prefix: &str, name: &str| {
-        name.strip_prefix(prefix)?
-            .split('.')
-            .next()?
-            .parse::<usize>()
-            .ok()
-    };
-    names
-        .iter()
-        .filter_map(|n| epoch_of("model-", n))
-        .filter(|epoch| {
-            ["optim-", "scheduler-"]
-                .iter()
-                .all(|p| names.iter().any(|n| epoch_of(p, n) == Some(*epoch)))
-        })
-        .max()
-}
-
-fn write_run_config(dir: &Path, config: &ImageTrainConfig, resume: bool) -> Result<()> {
-    let path = dir.join("run.json");
-    if resume {
-        let bytes = std::fs::read(&path).map_err(|e| TrainError::Resume {
-            path: dir.to_path_buf(),
-            reason: format!("cannot read `{}`: {e}", path.display()),
-        })?;
-        let stored: ImageTrainConfig =
-            serde_json::from_slice(&bytes).map_err(|source| TrainError::Json {
-                path: path.clone(),
-                source,
-            })?;
-        if &stored != config {
-            return Err(TrainError::Resume {
-                path: dir.to_path_buf(),
-                reason: format!(
-                    "the run was started with other settings (see `{}`); resume with the same \
-                     options",
-                    path.display()
-                ),
-            });
-        }
-        return Ok(());
-    }
-    std::fs::create_dir_all(dir).map_err(|e| TrainError::io("cannot create", dir, e))?;
-    let json = serde_json::to_vec_pretty(config).expect("config serializes");
-    std::fs::write(&path, json).map_err(|e| TrainError::io("cannot write", &path, e))
 }
 
 /// Trains `model` (fresh from a checkpoint, no adapters yet) on `data` with `config`, on
@@ -342,22 +182,7 @@ pub fn train_image<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<TrainedImage<B::InnerBackend>> {
     config.validate()?;
-    let start_epoch = if run.resume {
-        let epoch = last_checkpoint(&run.dir).ok_or_else(|| TrainError::Resume {
-            path: run.dir.clone(),
-            reason: "no complete checkpoint in its `checkpoint/` folder".into(),
-        })?;
-        Some(epoch)
-    } else {
-        None
-    };
-    write_run_config(&run.dir, config, run.resume)?;
-    if start_epoch.is_some_and(|e| e >= config.epochs) {
-        return Err(TrainError::Resume {
-            path: run.dir.clone(),
-            reason: format!("the run already finished its {} epochs", config.epochs),
-        });
-    }
+    let start_epoch = run::begin(run, config, config.epochs)?;
     B::seed(device, config.seed);
     let (model, trainable_params) = prepare_model(model, config)?;
     let channels = model.config.num_channels;
@@ -404,48 +229,25 @@ pub fn train_image<B: AutodiffBackend>(
     let learner = Learner::new(wrapped, optimizer.init(), scheduler);
 
     let top_k = data.classes.len().clamp(1, 5);
-    let mut training = SupervisedTraining::new(&run.dir, loader_train, loader_test)
+    let training = SupervisedTraining::new(&run.dir, loader_train, loader_test)
         .metrics((
             LossMetric::new(),
             AccuracyMetric::new(),
             TopKAccuracyMetric::new(top_k),
         ))
         .metric_train_numeric(LearningRateMetric::new())
-        .metric_train_numeric(ThroughputMetric::new("images/s"))
-        .with_file_checkpointer(NamedMpkFileRecorder::<FullPrecisionSettings>::new())
-        .with_checkpointing_strategy(KeepLastNCheckpoints::new(2))
-        .with_interrupter(interrupter)
-        .with_application_logger(None)
-        .num_epochs(config.epochs);
-    if config.grad_accumulation > 1 {
-        training = training.grads_accumulation(config.grad_accumulation);
-    }
-    if let Some(epoch) = start_epoch {
-        training = training.checkpoint(epoch);
-    }
-    if !use_dashboard() {
-        training = training.renderer(PlainRenderer::new(&run.label, Duration::from_secs(10)));
-    }
+        .metric_train_numeric(ThroughputMetric::new("images/s"));
+    let training = run::configure(
+        training,
+        run,
+        config.epochs,
+        config.grad_accumulation,
+        start_epoch,
+        interrupter,
+    );
     let result = training.launch(learner);
     drop(result.renderer);
-
-    if let Some(divergence) = guard.divergence() {
-        let epoch = (divergence.step - 1) / per_epoch.max(1) + 1;
-        let iteration = (divergence.step - 1) % per_epoch.max(1) + 1;
-        let checkpoint = match last_checkpoint(&run.dir) {
-            Some(epoch) => format!(
-                "The last good checkpoint (epoch {epoch}) is in `{}`; `--resume` continues from it",
-                run.dir.join("checkpoint").display()
-            ),
-            None => "No epoch finished, so there is no checkpoint".to_string(),
-        };
-        return Err(TrainError::NonFiniteLoss {
-            loss: divergence.loss,
-            epoch,
-            iteration,
-            checkpoint,
-        });
-    }
+    run::check_divergence(&guard, run, per_epoch)?;
     Ok(TrainedImage {
         model: result.model.model,
         trainable_params,
@@ -539,21 +341,7 @@ pub fn export<B: Backend>(
     dir: &Path,
     base_model: Option<&str>,
 ) -> Result<Vec<PathBuf>> {
-    let mut written = Vec::new();
-    if !model.adapters().is_empty() {
-        let native = dir.join("peanut");
-        model
-            .save_adapters(&native)
-            .map_err(|e| TrainError::malformed(&native, e.to_string()))?;
-        written.push(native);
-        if model.adapters().iter().all(|(_, a)| a.method() == "peanut") {
-            let peft = dir.join("peft");
-            model
-                .save_adapters_peft(&peft, base_model)
-                .map_err(|e| TrainError::malformed(&peft, e.to_string()))?;
-            written.push(peft);
-        }
-    }
+    let mut written = run::export_adapters(model, dir, base_model)?;
     let head = dir.join("head.safetensors");
     let weight = model.classifier.base.weight.val().transpose();
     let mut tensors = vec![("classifier.weight".to_string(), weight.into_data())];
