@@ -51,7 +51,7 @@ impl LossGuard {
     }
 
     /// Records one step's loss; `false` when it is not finite.
-    fn check(&self, loss: f32) -> bool {
+    pub(crate) fn check(&self, loss: f32) -> bool {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.0 += 1;
         if loss.is_finite() {
@@ -184,7 +184,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_, B> {
 }
 
 /// Scales every gradient by `min(1, max_norm / ‖g‖)`, `‖g‖` the norm over all of them.
-fn clip_global_norm<B: AutodiffBackend, M: Module<B>>(
+pub(crate) fn clip_global_norm<B: AutodiffBackend, M: Module<B>>(
     model: &M,
     grads: &mut GradientsParams,
     max_norm: f32,
