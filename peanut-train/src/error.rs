@@ -76,6 +76,33 @@ pub enum TrainError {
         skipped: usize,
     },
 
+    /// No example of an instruction file keeps a response token within the cutoff length.
+    #[error(
+        "`{path}`: none of its {examples} examples keeps a response token within the cutoff of \
+         {cutoff} tokens (the prompt alone fills it); raise --cutoff-len"
+    )]
+    EmptyAfterCutoff {
+        /// The instruction file.
+        path: PathBuf,
+        /// The cutoff length in tokens.
+        cutoff: usize,
+        /// How many examples the file holds.
+        examples: usize,
+    },
+
+    /// The task of an evaluation file could not be told from its name.
+    #[error(
+        "cannot tell which task `{path}` holds from the name `{name}`; pass --task (one of {known})"
+    )]
+    UnknownTask {
+        /// The evaluation file.
+        path: PathBuf,
+        /// The name that was tried (file stem or directory).
+        name: String,
+        /// The tasks there are, comma-separated.
+        known: String,
+    },
+
     /// An option has a value that cannot work.
     #[error("invalid option `{option}`: {reason}")]
     InvalidOption {

@@ -75,18 +75,29 @@ pub struct Tokenized {
     pub loss_mask: Vec<bool>,
 }
 
+impl Tokenized {
+    /// Whether some token after the first carries loss (the first has nothing to be predicted
+    /// from, so an example without such a token teaches nothing).
+    pub fn has_loss(&self) -> bool {
+        self.loss_mask.iter().skip(1).any(|&m| m)
+    }
+}
+
 /// Tokenizes `prompt + output` with `tokenize`, truncates to `cutoff` tokens, appends `eos`
 /// when there is room, and masks the prompt out of the loss (the paper trains on responses
-/// only).
-pub fn tokenize(
+/// only) — as LLM-Adapters' `finetune.py` does with `train_on_inputs=False`.
+///
+/// # Errors
+/// Whatever `tokenize` returns.
+pub fn tokenize<E>(
     example: &Instruction,
-    tokenize: impl Fn(&str) -> Vec<u32>,
+    tokenize: impl Fn(&str) -> std::result::Result<Vec<u32>, E>,
     eos: Option<u32>,
     cutoff: usize,
-) -> Tokenized {
+) -> std::result::Result<Tokenized, E> {
     let prompt = prompt(example);
-    let prompt_len = tokenize(&prompt).len();
-    let mut input_ids = tokenize(&format!("{prompt}{}", example.output));
+    let prompt_len = tokenize(&prompt)?.len();
+    let mut input_ids = tokenize(&format!("{prompt}{}", example.output))?;
     input_ids.truncate(cutoff);
     if let Some(eos) = eos
         && input_ids.len() < cutoff
@@ -95,10 +106,65 @@ pub fn tokenize(
         input_ids.push(eos);
     }
     let loss_mask = (0..input_ids.len()).map(|i| i >= prompt_len).collect();
-    Tokenized {
+    Ok(Tokenized {
         input_ids,
         loss_mask,
+    })
+}
+
+/// How [`tokenize_all`] prepares examples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenizeOptions {
+    /// Most tokens per example (LLM-Adapters' `cutoff_len`).
+    pub cutoff: usize,
+    /// The end-of-sequence id appended after the response, if any.
+    pub eos: Option<u32>,
+    /// Put the loss on the prompt too (LLM-Adapters' `train_on_inputs`; the paper does not).
+    pub train_on_inputs: bool,
+}
+
+/// Tokenizes `examples` on every core, keeping their order, and drops those that keep no
+/// loss-carrying token within the cutoff. Returns the kept examples and how many were dropped.
+///
+/// # Errors
+/// The first error of `tokenize`.
+pub fn tokenize_all<E: Send>(
+    examples: &[Instruction],
+    tokenize_text: impl Fn(&str) -> std::result::Result<Vec<u32>, E> + Sync,
+    options: TokenizeOptions,
+) -> std::result::Result<(Vec<Tokenized>, usize), E> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let chunk = examples.len().div_ceil(threads).max(1);
+    let tokenize_text = &tokenize_text;
+    let parts: Vec<std::result::Result<Vec<Tokenized>, E>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = examples
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|example| {
+                            let mut tokens =
+                                tokenize(example, tokenize_text, options.eos, options.cutoff)?;
+                            if options.train_on_inputs {
+                                tokens.loss_mask.fill(true);
+                            }
+                            Ok(tokens)
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("tokenizer thread panicked"))
+            .collect()
+    });
+    let mut kept = Vec::with_capacity(examples.len());
+    for part in parts {
+        kept.extend(part?.into_iter().filter(Tokenized::has_loss));
     }
+    let dropped = examples.len() - kept.len();
+    Ok((kept, dropped))
 }
 
 /// The commonsense-reasoning tasks of the paper and their answer formats.
@@ -147,6 +213,42 @@ impl Task {
                 &["answer1", "answer2", "answer3", "answer4", "answer5"]
             }
         }
+    }
+
+    /// The LLM-Adapters dataset name (`boolq`, `social_i_qa`, `ARC-Easy`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Boolq => "boolq",
+            Task::Piqa => "piqa",
+            Task::SocialIQa => "social_i_qa",
+            Task::Hellaswag => "hellaswag",
+            Task::Winogrande => "winogrande",
+            Task::ArcEasy => "ARC-Easy",
+            Task::ArcChallenge => "ARC-Challenge",
+            Task::Openbookqa => "openbookqa",
+        }
+    }
+
+    /// The task of an evaluation file, from its name (`boolq.json`) or, failing that, its
+    /// directory's (`boolq/test.json`, LLM-Adapters' layout).
+    ///
+    /// # Errors
+    /// [`TrainError::UnknownTask`] naming the file when neither name is a task.
+    pub fn from_path(path: &Path) -> Result<Self> {
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+        let parent = path
+            .parent()
+            .and_then(Path::file_name)
+            .map(|s| s.to_string_lossy().into_owned());
+        let found = [&stem, &parent]
+            .into_iter()
+            .flatten()
+            .find_map(|name| Self::from_dataset_name(name));
+        found.ok_or_else(|| TrainError::UnknownTask {
+            path: path.to_path_buf(),
+            name: stem.unwrap_or_default(),
+            known: Self::ALL.map(Self::name).join(", "),
+        })
     }
 
     /// The task for an LLM-Adapters dataset directory name (`boolq`, `social_i_qa`,
@@ -205,16 +307,32 @@ mod tests {
         let chars = |s: &str| s.chars().map(|c| c as u32).collect::<Vec<u32>>();
         let ex = example("");
         let prompt_len = prompt(&ex).chars().count();
-        let full = tokenize(&ex, chars, Some(0), 10_000);
+        let chars = |s: &str| Ok::<_, ()>(chars(s));
+        let full = tokenize(&ex, chars, Some(0), 10_000).unwrap();
         assert_eq!(full.input_ids.len(), prompt_len + ex.output.len() + 1);
         assert_eq!(
             full.loss_mask.iter().filter(|m| **m).count(),
             ex.output.len() + 1
         );
         assert!(!full.loss_mask[prompt_len - 1] && full.loss_mask[prompt_len]);
-        let cut = tokenize(&ex, chars, Some(0), prompt_len + 3);
+        let cut = tokenize(&ex, chars, Some(0), prompt_len + 3).unwrap();
         assert_eq!(cut.input_ids.len(), prompt_len + 3);
         assert_eq!(cut.loss_mask.iter().filter(|m| **m).count(), 3);
+        // Cut inside the prompt: nothing to learn, dropped by tokenize_all.
+        let options = TokenizeOptions {
+            cutoff: prompt_len - 1,
+            eos: Some(0),
+            train_on_inputs: false,
+        };
+        let (kept, dropped) = tokenize_all(std::slice::from_ref(&ex), chars, options).unwrap();
+        assert!(kept.is_empty() && dropped == 1);
+        let options = TokenizeOptions {
+            train_on_inputs: true,
+            ..options
+        };
+        let (kept, _) = tokenize_all(&[ex.clone(), ex], chars, options).unwrap();
+        assert_eq!(kept.len(), 2);
+        assert!(kept[0].loss_mask.iter().all(|&m| m));
     }
 
     #[test]
@@ -245,5 +363,18 @@ mod tests {
             Task::from_dataset_name("social_i_qa"),
             Some(Task::SocialIQa)
         );
+        for task in Task::ALL {
+            assert_eq!(Task::from_dataset_name(task.name()), Some(task));
+        }
+        assert_eq!(
+            Task::from_path(Path::new("dataset/piqa/test.json")).unwrap(),
+            Task::Piqa
+        );
+        assert_eq!(
+            Task::from_path(Path::new("x/winogrande.json")).unwrap(),
+            Task::Winogrande
+        );
+        let err = Task::from_path(Path::new("x/mystery.json")).unwrap_err();
+        assert!(err.to_string().contains("mystery") && err.to_string().contains("--task"));
     }
 }

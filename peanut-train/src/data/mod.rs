@@ -10,6 +10,7 @@ pub mod cars;
 pub mod digits;
 pub mod folder;
 pub mod instruct;
+pub mod lm_batch;
 pub mod mat;
 pub mod parquet_images;
 pub mod rng;
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use batch::{EpochOrder, ImageBatch, ImageBatcher, SampleRef};
+pub use lm_batch::{IGNORE_INDEX, LmBatch, LmBatcher};
 pub use transform::{Normalization, Transform};
 
 use crate::error::{Result, TrainError};
