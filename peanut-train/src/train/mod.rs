@@ -1,14 +1,22 @@
-//! Training and evaluation on burn's Learner: one pipeline for the methods `peanut`, `lora`,
-//! `head` and `full`, with the run plumbing in [`run`].
+//! Training and evaluation on burn's Learner: image classification (methods `peanut`, `lora`,
+//! `head`, `full`) and causal-LM instruction tuning (`peanut`, `lora`, `full`), sharing the
+//! run plumbing of [`run`].
 
+pub mod causal_lm;
 pub mod classifier;
 pub mod image;
+pub mod lm;
 pub mod metrics;
 pub mod run;
 
+pub use causal_lm::{CausalLm, LmOutput};
 pub use classifier::{Divergence, ImageClassifier, LossGuard, OptimSettings};
 pub use image::{
     EvalReport, ImageTrainConfig, TrainedImage, evaluate, export, prepare_model, train_image,
 };
-pub use metrics::ThroughputMetric;
+pub use lm::{
+    InstructionData, LmEvalReport, LmTrainConfig, Prediction, TrainedLm, evaluate_lm, export_lm,
+    load_instructions, prepare_lm, train_lm,
+};
+pub use metrics::{ThroughputMetric, TokenAccuracyMetric};
 pub use run::{AdapterOptions, Method, RunOptions, export_adapters, last_checkpoint};
