@@ -1,11 +1,14 @@
-//! The `peanut` command line: argument types (clap) and what each subcommand does. The binary
-//! (`src/bin/peanut.rs`) only dispatches here, so tests can call the same functions.
+//! The `peanut` command line: argument types (clap), the subcommand tree ([`Cli`]) and what
+//! each subcommand does ([`run`]). The binary (`src/bin/peanut.rs`) only parses and calls
+//! [`run`], so tests can call the same functions.
+
+mod lm;
 
 use std::path::{Path, PathBuf};
 
 use burn::module::{AutodiffModule, Module, Param};
 use burn::tensor::{Tensor, TensorData};
-use clap::Args;
+use clap::{Args, Parser, Subcommand};
 use peanut_models::vit::VitPeftPaths;
 use peanut_models::{AdaptableModel, Vit, VitLoadOptions};
 
@@ -15,15 +18,95 @@ use crate::error::{Result, TrainError};
 use crate::schedule::Decay;
 use crate::train::{self, AdapterOptions, ImageTrainConfig, Method, RunOptions};
 
-/// The adapter options shared by `train image` and `info`.
+pub use lm::{
+    EvalLmArgs, GenerateArgs, LmAdapterArgs, TrainLmArgs, eval_lm, generate, generate_text,
+    train_lm,
+};
+
+/// PEANuT (weight-aware neural tweakers) and LoRA adapters on burn.
+///
+/// Every option defaults to the paper's setting for its task: Stanford Cars on ViT-B/16
+/// in21k for images (q,v targets, rank 7, depth 2, ReLU, 10 epochs, lr 1e-2 for head and
+/// adapters, weight decay 4e-5, batch 64 × accumulation 4); commonsense_170k / MetaMathQA on
+/// LLaMA for language models (q,k,v,up,down targets, rank 32, 1 epoch, lr 3e-4, cutoff 256,
+/// loss on responses only).
+#[derive(Parser, Debug)]
+#[command(name = "peanut", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands of `peanut`.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Fine-tune a model.
+    #[command(subcommand)]
+    Train(TrainCommand),
+    /// Evaluate a (fine-tuned) model.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+    /// Predict with a fine-tuned model.
+    #[command(subcommand)]
+    Predict(PredictCommand),
+    /// Generate text with a causal LM, optionally with a trained adapter.
+    Generate(GenerateArgs),
+    /// Write a model with its adapters merged as a Hugging Face checkpoint.
+    Merge(MergeArgs),
+    /// Convert an adapter between this workspace's format and Hugging Face peft's.
+    Convert(ConvertArgs),
+    /// Show a model's adaptable linears, the targets a setting selects and parameter counts.
+    Info(InfoArgs),
+}
+
+/// `peanut train …`.
+#[derive(Subcommand, Debug)]
+pub enum TrainCommand {
+    /// Image classification (Stanford Cars layouts, ImageFolder, parquet) with a ViT.
+    Image(TrainImageArgs),
+    /// Causal-LM instruction tuning on LLM-Adapters JSON (commonsense_170k, MetaMathQA).
+    Lm(TrainLmArgs),
+}
+
+/// `peanut eval …`.
+#[derive(Subcommand, Debug)]
+pub enum EvalCommand {
+    /// Top-1 / top-5 accuracy on an image dataset's test split.
+    Image(EvalImageArgs),
+    /// Accuracy of generated answers on an LLM-Adapters test file (BoolQ, PIQA, SIQA,
+    /// HellaSwag, WinoGrande, ARC-e/c, OBQA).
+    Lm(EvalLmArgs),
+}
+
+/// `peanut predict …`.
+#[derive(Subcommand, Debug)]
+pub enum PredictCommand {
+    /// Top-k labels and logits for image files, as JSON.
+    Image(PredictImageArgs),
+}
+
+/// Runs a parsed command line.
+///
+/// # Errors
+/// Whatever the subcommand fails with.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(TrainCommand::Image(args)) => train_image(args),
+        Command::Train(TrainCommand::Lm(args)) => train_lm(args),
+        Command::Eval(EvalCommand::Image(args)) => eval_image(args),
+        Command::Eval(EvalCommand::Lm(args)) => eval_lm(args).map(|_| ()),
+        Command::Predict(PredictCommand::Image(args)) => predict_image(args),
+        Command::Generate(args) => generate(args),
+        Command::Merge(args) => merge(args),
+        Command::Convert(args) => convert(args),
+        Command::Info(args) => info(args),
+    }
+}
+
+/// The adapter options whose defaults every task shares.
 #[derive(Args, Debug, Clone)]
-pub struct AdapterArgs {
-    /// What trains: peanut or lora adapters (plus the head), the head alone, or everything.
-    #[arg(long, value_enum, default_value = "peanut")]
-    pub method: Method,
-    /// Adapter rank (PEANuT's hidden width).
-    #[arg(long, default_value_t = 7)]
-    pub rank: usize,
+pub struct AdapterShapeArgs {
     /// PEANuT depth, counted in linear maps: 2, 4, 6, …
     #[arg(long, default_value_t = 2)]
     pub depth: usize,
@@ -33,6 +116,33 @@ pub struct AdapterArgs {
     /// PEANuT scaling s.
     #[arg(long, default_value_t = 1.0)]
     pub scaling: f64,
+}
+
+impl AdapterShapeArgs {
+    /// The adapter configuration with these options and `rank`, `lora_alpha`.
+    pub fn options(&self, rank: usize, lora_alpha: f64) -> AdapterOptions {
+        AdapterOptions {
+            rank,
+            depth: self.depth,
+            activation: self.activation.clone(),
+            scaling: self.scaling,
+            lora_alpha,
+        }
+    }
+}
+
+/// The adapter options shared by `train image` and `info` (defaults: the paper's ViT setting).
+#[derive(Args, Debug, Clone)]
+pub struct AdapterArgs {
+    /// What trains: peanut or lora adapters (plus the head), the head alone, or everything.
+    #[arg(long, value_enum, default_value = "peanut")]
+    pub method: Method,
+    /// Adapter rank (PEANuT's hidden width).
+    #[arg(long, default_value_t = 7)]
+    pub rank: usize,
+    /// Depth, activation and scaling.
+    #[command(flatten)]
+    pub shape: AdapterShapeArgs,
     /// LoRA alpha (scale alpha / rank).
     #[arg(long, default_value_t = 8.0)]
     pub lora_alpha: f64,
@@ -47,13 +157,7 @@ pub struct AdapterArgs {
 impl AdapterArgs {
     /// The adapter configuration these options describe.
     pub fn options(&self) -> AdapterOptions {
-        AdapterOptions {
-            rank: self.rank,
-            depth: self.depth,
-            activation: self.activation.clone(),
-            scaling: self.scaling,
-            lora_alpha: self.lora_alpha,
-        }
+        self.shape.options(self.rank, self.lora_alpha)
     }
 }
 
@@ -234,24 +338,30 @@ pub struct InfoArgs {
     pub num_labels: Option<usize>,
 }
 
+/// An error unless `dir` is a directory; `hint` says what it should hold.
+fn require_model_dir(dir: &Path, hint: &str) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    Err(TrainError::io(
+        "model directory not found",
+        dir,
+        std::io::Error::new(std::io::ErrorKind::NotFound, hint.to_string()),
+    ))
+}
+
 fn load_vit(
     dir: &Path,
     num_labels: Option<usize>,
     image_size: Option<u32>,
     seed: u64,
 ) -> Result<Vit<TrainBackend>> {
-    if !dir.is_dir() {
-        return Err(TrainError::io(
-            "model directory not found",
-            dir,
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "pass a directory holding transformers' config.json and model.safetensors \
-                 (download google/vit-base-patch16-224-in21k with `huggingface-cli download` on a \
-                 machine with network access)",
-            ),
-        ));
-    }
+    require_model_dir(
+        dir,
+        "pass a directory holding transformers' config.json and model.safetensors (download \
+         google/vit-base-patch16-224-in21k with `huggingface-cli download` on a machine with \
+         network access)",
+    )?;
     let options = VitLoadOptions {
         num_labels,
         image_size: image_size.map(|s| s as usize),
@@ -340,13 +450,18 @@ fn read_labels(dir: &Path) -> Result<Option<Vec<String>>> {
         .map_err(|source| TrainError::Json { path, source })
 }
 
-/// Loads an export directory (adapter in either format + `head.safetensors`) onto `model`.
-fn apply_export(mut model: Vit<Selected>, dir: &Path) -> Result<Vit<Selected>> {
-    let adapter_dir = ["peanut", "peft"]
+/// The adapter directory of an export directory (`peanut/`, else `peft/`), or `dir` itself.
+fn adapter_dir(dir: &Path) -> PathBuf {
+    ["peanut", "peft"]
         .iter()
         .map(|d| dir.join(d))
         .find(|d| d.is_dir())
-        .unwrap_or_else(|| dir.to_path_buf());
+        .unwrap_or_else(|| dir.to_path_buf())
+}
+
+/// Loads an export directory (adapter in either format + `head.safetensors`) onto `model`.
+fn apply_export(mut model: Vit<Selected>, dir: &Path) -> Result<Vit<Selected>> {
+    let adapter_dir = adapter_dir(dir);
     if peanut::io::detect_format(&adapter_dir).is_ok() {
         model.load_adapters(&adapter_dir)?;
     }

@@ -1,0 +1,384 @@
+//! The causal-LM subcommands: `train lm`, `eval lm` and `generate`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use peanut_models::llama::{GenerationConfig, Sampling, Tokenizer};
+use peanut_models::{AdaptableModel, Llama};
+
+use super::{AdapterShapeArgs, adapter_dir, require_model_dir};
+use crate::backend::{self, Selected, TrainBackend};
+use crate::data::instruct::{self, Instruction, Task};
+use crate::error::{Result, TrainError};
+use crate::schedule::Decay;
+use crate::train::lm::{self as lm_train, LmEvalReport, LmTrainConfig};
+use crate::train::{Method, RunOptions};
+
+const MODEL_HINT: &str = "pass a local directory holding transformers' config.json, the \
+     safetensors weights and tokenizer.json of a LlamaForCausalLM or Qwen2ForCausalLM model \
+     (download it with `huggingface-cli download` on a machine with network access)";
+
+/// The adapter options of `train lm` (defaults: the paper's LLM setting).
+#[derive(Args, Debug, Clone)]
+pub struct LmAdapterArgs {
+    /// What trains: peanut or lora adapters, or every parameter (full). `head` is for image
+    /// classifiers only.
+    #[arg(long, value_enum, default_value = "peanut")]
+    pub method: Method,
+    /// Adapter rank (PEANuT's hidden width).
+    #[arg(long, default_value_t = 32)]
+    pub rank: usize,
+    /// Depth, activation and scaling.
+    #[command(flatten)]
+    pub shape: AdapterShapeArgs,
+    /// LoRA alpha (scale alpha / rank; LLM-Adapters uses 64 at rank 32).
+    #[arg(long, default_value_t = 64.0)]
+    pub lora_alpha: f64,
+    /// Linears to adapt, by name or `*` pattern (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "q_proj,k_proj,v_proj,up_proj,down_proj"
+    )]
+    pub targets: Vec<String>,
+    /// Only these block indices (comma-separated; default all).
+    #[arg(long, value_delimiter = ',')]
+    pub layers: Vec<usize>,
+}
+
+/// Options of `peanut train lm`.
+#[derive(Args, Debug, Clone)]
+pub struct TrainLmArgs {
+    /// Instruction data in LLM-Adapters' format: a JSON array (or JSON lines) of objects with
+    /// `instruction`, optional `input` and `output` (commonsense_170k.json, MetaMathQA).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Pretrained causal LM: a local directory with transformers' `config.json`, safetensors
+    /// weights and `tokenizer.json` (LlamaForCausalLM or Qwen2ForCausalLM).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Run directory: checkpoints, `run.json`, metrics, and the exported adapter in `export/`.
+    #[arg(long, default_value = "runs/peanut-lm")]
+    pub output_dir: PathBuf,
+    /// Which adapters, where.
+    #[command(flatten)]
+    pub adapter: LmAdapterArgs,
+    /// Epochs.
+    #[arg(long, default_value_t = 1)]
+    pub epochs: usize,
+    /// Sequences per forward/backward pass.
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    /// Passes averaged per optimizer step (effective batch = batch-size × this).
+    #[arg(long, default_value_t = 4)]
+    pub grad_accumulation: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 3e-4)]
+    pub lr: f64,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Optimizer steps of linear warmup (LLM-Adapters: 100).
+    #[arg(long, default_value_t = 100)]
+    pub warmup_steps: usize,
+    /// Decay after warmup.
+    #[arg(long, value_enum, default_value = "linear")]
+    pub decay: Decay,
+    /// Clip the global gradient norm to this value (transformers' default 1); 0 turns it off.
+    #[arg(long, default_value_t = 1.0)]
+    pub clip_grad_norm: f32,
+    /// Seed of adapters, validation split and data order.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Most tokens per example (prompt + response + EOS); longer examples are truncated and
+    /// those left without a response token dropped.
+    #[arg(long, default_value_t = 256)]
+    pub cutoff_len: usize,
+    /// Also put the loss on the prompt (the paper trains on responses only).
+    #[arg(long)]
+    pub train_on_inputs: bool,
+    /// Examples held out for validation (LLM-Adapters' val_set_size); 0 for none.
+    #[arg(long, default_value_t = 120)]
+    pub val_size: usize,
+    /// Continue the run in `--output-dir` from its last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Also write the merged model (transformers format, with tokenizer.json) to
+    /// `<output-dir>/merged`.
+    #[arg(long)]
+    pub merged: bool,
+}
+
+impl TrainLmArgs {
+    /// The training configuration these options describe.
+    pub fn config(&self) -> LmTrainConfig {
+        let adapter = &self.adapter;
+        LmTrainConfig {
+            method: adapter.method,
+            adapter: adapter.shape.options(adapter.rank, adapter.lora_alpha),
+            targets: adapter.targets.clone(),
+            layers: adapter.layers.clone(),
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            grad_accumulation: self.grad_accumulation,
+            learning_rate: self.lr,
+            weight_decay: self.weight_decay,
+            warmup_steps: self.warmup_steps,
+            decay: self.decay,
+            clip_grad_norm: (self.clip_grad_norm != 0.0).then_some(self.clip_grad_norm),
+            seed: self.seed,
+            cutoff_len: self.cutoff_len,
+            train_on_inputs: self.train_on_inputs,
+            val_size: self.val_size,
+        }
+    }
+}
+
+/// Options of `peanut eval lm`.
+#[derive(Args, Debug, Clone)]
+pub struct EvalLmArgs {
+    /// Test file in LLM-Adapters' format (`instruction`, `answer`), e.g.
+    /// `dataset/boolq/test.json`.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The base model directory (`config.json`, safetensors, `tokenizer.json`).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// An adapter directory (either format) or an export directory written by `train lm`.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// The answer format; by default told from the file name or its directory's (`boolq`,
+    /// `piqa`, `social_i_qa`, `hellaswag`, `winogrande`, `ARC-Easy`, `ARC-Challenge`,
+    /// `openbookqa`).
+    #[arg(long, value_enum)]
+    pub task: Option<Task>,
+    /// Most tokens generated per answer (LLM-Adapters: 32).
+    #[arg(long, default_value_t = 32)]
+    pub max_new_tokens: usize,
+    /// Evaluate only the first this many examples.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Write every prediction (question, answer, response, extracted answer, correct) as
+    /// JSON lines to this file.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+}
+
+/// Options of `peanut generate`.
+#[derive(Args, Debug, Clone)]
+#[command(group(clap::ArgGroup::new("text").required(true).args(["prompt", "instruction"])))]
+pub struct GenerateArgs {
+    /// The base model directory (`config.json`, safetensors, `tokenizer.json`).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// An adapter directory (either format) or an export directory written by `train lm`,
+    /// loaded on top of the base model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Raw text to continue.
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// An instruction, wrapped in the training prompt template.
+    #[arg(long)]
+    pub instruction: Option<String>,
+    /// Context for `--instruction` (the template's `### Input:` section).
+    #[arg(long, requires = "instruction")]
+    pub input: Option<String>,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    pub max_new_tokens: usize,
+    /// Sample from the smallest set of tokens whose probability reaches this (top-p);
+    /// greedy decoding when absent.
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    /// Logit divisor for top-p sampling.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Seed of top-p sampling.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+fn load_tokenizer(model: &Path) -> Result<Tokenizer> {
+    let path = model.join("tokenizer.json");
+    if !path.is_file() {
+        return Err(TrainError::io(
+            "cannot read",
+            &path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, MODEL_HINT),
+        ));
+    }
+    Ok(Tokenizer::from_file(&path)?)
+}
+
+fn copy_tokenizer(model: &Path, dir: &Path) -> Result<()> {
+    let to = dir.join("tokenizer.json");
+    std::fs::copy(model.join("tokenizer.json"), &to)
+        .map(|_| ())
+        .map_err(|e| TrainError::io("cannot write", &to, e))
+}
+
+/// The base model with `adapter` (an adapter or export directory) loaded and merged, and its
+/// tokenizer.
+fn inference_llama(model: &Path, adapter: Option<&Path>) -> Result<(Llama<Selected>, Tokenizer)> {
+    require_model_dir(model, MODEL_HINT)?;
+    let tokenizer = load_tokenizer(model)?;
+    let mut llama = Llama::<Selected>::from_pretrained(model, &backend::device())?;
+    if let Some(dir) = adapter {
+        llama.load_adapters(&adapter_dir(dir))?;
+        llama.merge_adapters();
+    }
+    Ok((llama, tokenizer))
+}
+
+/// `peanut train lm`.
+pub fn train_lm(args: TrainLmArgs) -> Result<()> {
+    let config = args.config();
+    config.validate()?;
+    require_model_dir(&args.model, MODEL_HINT)?;
+    let tokenizer = load_tokenizer(&args.model)?;
+    let device = backend::device();
+    let model = Llama::<TrainBackend>::from_pretrained(&args.model, &device)?;
+    let data =
+        lm_train::load_instructions(&args.data, &tokenizer, model.config.eos_token_id, &config)?;
+    println!(
+        "{}: {} examples, {} train / {} validation ({} dropped: no response token within {} \
+         tokens)",
+        data.path.display(),
+        data.examples,
+        data.train.len(),
+        data.valid.len(),
+        data.dropped,
+        config.cutoff_len
+    );
+    let run = RunOptions {
+        dir: args.output_dir.clone(),
+        resume: args.resume,
+        label: format!("{} lm", config.method.name()),
+    };
+    let trained = lm_train::train_lm(model, &data, &config, &run, &device)?;
+    println!("{} trainable parameters", trained.trainable_params);
+    let export_dir = args.output_dir.join("export");
+    for path in lm_train::export_lm(&trained.model, &export_dir, args.model.to_str())? {
+        if config.method == Method::Full {
+            copy_tokenizer(&args.model, &path)?;
+        }
+        println!("wrote {}", path.display());
+    }
+    if args.merged {
+        let mut model = trained.model;
+        model.merge_adapters();
+        let merged = args.output_dir.join("merged");
+        model.save_merged(&merged)?;
+        copy_tokenizer(&args.model, &merged)?;
+        println!("wrote {}", merged.display());
+    }
+    Ok(())
+}
+
+/// `peanut eval lm`: prints the accuracy as one JSON object and returns it.
+pub fn eval_lm(args: EvalLmArgs) -> Result<LmEvalReport> {
+    let task = match args.task {
+        Some(task) => task,
+        None => Task::from_path(&args.data)?,
+    };
+    let mut examples = instruct::read(&args.data)?;
+    if let Some(limit) = args.limit {
+        examples.truncate(limit);
+    }
+    let (model, tokenizer) = inference_llama(&args.model, args.adapter.as_deref())?;
+    let generation = GenerationConfig {
+        eos_token_id: model.config.eos_token_id,
+        ..GenerationConfig::greedy(args.max_new_tokens)
+    };
+    let mut output = match &args.output {
+        Some(path) => {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| TrainError::io("cannot create", parent, e))?;
+            }
+            let file =
+                std::fs::File::create(path).map_err(|e| TrainError::io("cannot write", path, e))?;
+            Some((path, std::io::BufWriter::new(file)))
+        }
+        None => None,
+    };
+    let total = examples.len();
+    let mut correct = 0;
+    let report = lm_train::evaluate_lm(
+        &model,
+        &tokenizer,
+        &examples,
+        task,
+        &generation,
+        &args.data,
+        |prediction| {
+            correct += usize::from(prediction.correct);
+            let done = prediction.index + 1;
+            if done % 100 == 0 || done == total {
+                eprintln!(
+                    "[{}] {done}/{total}: accuracy {:.2}%",
+                    task.name(),
+                    100.0 * correct as f64 / done as f64
+                );
+            }
+            if let Some((path, writer)) = output.as_mut() {
+                let line = serde_json::to_string(prediction).expect("prediction serializes");
+                writeln!(writer, "{line}").map_err(|e| TrainError::io("cannot write", *path, e))?;
+            }
+            Ok(())
+        },
+    )?;
+    if let Some((path, mut writer)) = output {
+        writer
+            .flush()
+            .map_err(|e| TrainError::io("cannot write", path, e))?;
+    }
+    println!(
+        "{}",
+        serde_json::to_string(&report).expect("report serializes")
+    );
+    Ok(report)
+}
+
+/// The text `peanut generate` prints: the continuation of the prompt (or of the instruction
+/// in the training template).
+pub fn generate_text(args: &GenerateArgs) -> Result<String> {
+    let prompt = match (&args.prompt, &args.instruction) {
+        (Some(prompt), _) => prompt.clone(),
+        (None, Some(instruction)) => instruct::prompt(&Instruction {
+            instruction: instruction.clone(),
+            input: args.input.clone().unwrap_or_default(),
+            output: String::new(),
+            answer: None,
+        }),
+        (None, None) => {
+            return Err(TrainError::InvalidOption {
+                option: "--prompt",
+                reason: "pass --prompt or --instruction".into(),
+            });
+        }
+    };
+    let (model, tokenizer) = inference_llama(&args.model, args.adapter.as_deref())?;
+    let sampling = match args.top_p {
+        None => Sampling::Greedy,
+        Some(top_p) => Sampling::TopP {
+            top_p,
+            temperature: args.temperature,
+            seed: args.seed,
+        },
+    };
+    let generation = GenerationConfig {
+        sampling,
+        eos_token_id: model.config.eos_token_id,
+        ..GenerationConfig::greedy(args.max_new_tokens)
+    };
+    lm_train::complete(&model, &tokenizer, &prompt, &generation)
+}
+
+/// `peanut generate`.
+pub fn generate(args: GenerateArgs) -> Result<()> {
+    println!("{}", generate_text(&args)?);
+    Ok(())
+}
