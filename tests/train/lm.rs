@@ -1,0 +1,811 @@
+//! Causal-LM instruction tuning, evaluation by generation, and the `train lm` / `eval lm` /
+//! `generate` subcommands, on a tiny Llama and instruction files written by the tests.
+
+use burn::module::Param;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Int, Tensor, TensorData};
+use clap::Parser;
+use peanut::{OutputInit, PeanutConfig};
+use peanut_models::llama::{GenerationConfig, Tokenizer};
+use peanut_models::{Llama, LlamaConfig, Targets};
+use peanut_train::backend::Selected;
+use peanut_train::cli::{self, Cli, GenerateArgs};
+use peanut_train::data::instruct::{self, Instruction, Task};
+use peanut_train::data::lm_batch::{IGNORE_INDEX, collate};
+use peanut_train::train::lm::{self as lm, LmTrainConfig};
+use peanut_train::train::{CausalLm, LossGuard};
+
+use super::*;
+
+/// Words of the prompt template and the answers; `true` is id 0, so a model whose logits are
+/// all equal answers `true` (greedy ties go to the lowest id).
+const WORDS: &[&str] = &[
+    "true",
+    "<unk>",
+    "</s>",
+    "false",
+    "Below",
+    "is",
+    "an",
+    "instruction",
+    "that",
+    "describes",
+    "a",
+    "task",
+    ".",
+    "Write",
+    "response",
+    "appropriately",
+    "completes",
+    "the",
+    "request",
+    "###",
+    "Instruction",
+    ":",
+    "Response",
+    "Input",
+    ",",
+    "paired",
+    "with",
+    "input",
+    "provides",
+    "further",
+    "context",
+    "correct",
+    "answer",
+    "Is",
+    "water",
+    "wet",
+    "?",
+    "fire",
+    "cold",
+    "ice",
+    "hot",
+    "snow",
+    "white",
+    "grass",
+    "green",
+    "solution1",
+    "solution2",
+];
+const EOS: u32 = 2;
+
+fn write_tokenizer(path: &Path) {
+    let vocab: serde_json::Map<String, serde_json::Value> = WORDS
+        .iter()
+        .enumerate()
+        .map(|(id, word)| (word.to_string(), id.into()))
+        .collect();
+    let json = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+    });
+    std::fs::write(path, serde_json::to_vec(&json).unwrap()).unwrap();
+}
+
+fn tiny_llama_config() -> LlamaConfig {
+    LlamaConfig::new(WORDS.len(), 32, 48, 2, 4, 2)
+        .with_max_position_embeddings(256)
+        .with_eos_token_id(Some(EOS))
+}
+
+/// A random tiny Llama with its tokenizer in `dir` (transformers layout).
+fn write_model(dir: &Path, seed: u64) -> PathBuf {
+    let model: Llama<Selected> = tiny_llama_config().init(seed, &Default::default()).unwrap();
+    save_model(&model, dir)
+}
+
+fn save_model(model: &Llama<Selected>, dir: &Path) -> PathBuf {
+    model.save_merged(dir).unwrap();
+    write_tokenizer(&dir.join("tokenizer.json"));
+    dir.to_path_buf()
+}
+
+fn load(dir: &Path) -> Llama<Selected> {
+    Llama::from_pretrained(dir, &Default::default()).unwrap()
+}
+
+fn tokenizer(model_dir: &Path) -> Tokenizer {
+    Tokenizer::from_file(&model_dir.join("tokenizer.json")).unwrap()
+}
+
+fn example(question: &str, answer: &str) -> Instruction {
+    Instruction {
+        instruction: format!("Is {question} ?"),
+        input: String::new(),
+        output: format!("the correct answer is {answer}"),
+        answer: Some(answer.into()),
+    }
+}
+
+fn examples(count: usize) -> Vec<Instruction> {
+    let facts = [
+        ("water wet", "true"),
+        ("fire cold", "false"),
+        ("ice hot", "false"),
+        ("snow white", "true"),
+        ("grass green", "true"),
+    ];
+    (0..count)
+        .map(|i| {
+            let (question, answer) = facts[i % facts.len()];
+            example(question, answer)
+        })
+        .collect()
+}
+
+fn write_examples(path: &Path, examples: &[Instruction]) -> PathBuf {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, serde_json::to_vec_pretty(examples).unwrap()).unwrap();
+    path.to_path_buf()
+}
+
+fn tiny_lm_config(epochs: usize) -> LmTrainConfig {
+    LmTrainConfig {
+        adapter: AdapterOptions {
+            rank: 2,
+            ..LmTrainConfig::default().adapter
+        },
+        epochs,
+        batch_size: 4,
+        grad_accumulation: 1,
+        learning_rate: 1e-2,
+        warmup_steps: 0,
+        decay: Decay::Constant,
+        val_size: 0,
+        seed: 3,
+        ..LmTrainConfig::default()
+    }
+}
+
+fn loss_of(model: &Llama<Selected>, data: &[peanut_train::data::instruct::Tokenized]) -> f64 {
+    let wrapped = CausalLm::new(model.clone(), LossGuard::default(), None, 1);
+    let batch = collate(&data.iter().collect::<Vec<_>>(), 0).to_device(&Default::default());
+    common::values(wrapped.forward_loss(batch).loss)[0]
+}
+
+fn logits(model: &Llama<Selected>) -> Vec<f64> {
+    let ids = Tensor::<Selected, 2, Int>::from_data(
+        TensorData::new(vec![4i64, 33, 34, 35, 36, 22, 21], [1, 7]),
+        &Default::default(),
+    );
+    common::values(model.forward(ids, None))
+}
+
+fn adapter_values_lm(model: &Llama<Selected>) -> Vec<f64> {
+    model
+        .adapters()
+        .into_iter()
+        .flat_map(|(_, adapter)| match adapter {
+            peanut::Adapter::Peanut(p) => {
+                [common::values(p.a.val()), common::values(p.b.val())].concat()
+            }
+            peanut::Adapter::Lora(l) => {
+                [common::values(l.a.val()), common::values(l.b.val())].concat()
+            }
+        })
+        .collect()
+}
+
+fn parse(args: &[&str]) -> Cli {
+    Cli::try_parse_from(std::iter::once("peanut").chain(args.iter().copied()))
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn lm_training_moves_only_adapters_and_exports_reload_in_both_formats() {
+    let root = temp_dir("lm-smoke");
+    let model_dir = write_model(&root.join("model"), 1);
+    let data_path = write_examples(&root.join("train.json"), &examples(8));
+    let config = tiny_lm_config(1);
+    let data =
+        lm::load_instructions(&data_path, &tokenizer(&model_dir), Some(EOS), &config).unwrap();
+    assert_eq!(
+        (data.train.len(), data.valid.len(), data.dropped),
+        (8, 0, 0)
+    );
+    let device = Default::default();
+    let trained = lm::train_lm(
+        Llama::<TrainBackend>::from_pretrained(&model_dir, &device).unwrap(),
+        &data,
+        &config,
+        &run(&root.join("run"), false),
+        &device,
+    )
+    .unwrap();
+    // PEANuT r = 2 on q (32 out), k, v (16), up (48), down (32) of 2 blocks: 2·2·d_out each.
+    assert_eq!(trained.trainable_params, 2 * 4 * (32 + 16 + 16 + 48 + 32));
+    assert!(train::last_checkpoint(&root.join("run")) == Some(1));
+
+    // Two steps lower the training loss, and it stays finite.
+    let fresh = load(&model_dir);
+    let (before, after) = (
+        loss_of(&fresh, &data.train),
+        loss_of(&trained.model, &data.train),
+    );
+    assert!(before.is_finite() && after.is_finite(), "{before} {after}");
+    assert!(after < before, "loss {before} -> {after}");
+
+    // The base weights are bit-identical; the adapters moved away from B = 0.
+    let mut stripped = trained.model.clone();
+    stripped.clear_adapters();
+    assert!(stripped.merged_tensors() == fresh.merged_tensors());
+    assert!(!adapter_values_lm(&trained.model).is_empty());
+    assert!(trained.model.adapters().iter().all(|(_, a)| match a {
+        peanut::Adapter::Peanut(p) => common::values(p.b.val()).iter().any(|v| *v != 0.0),
+        peanut::Adapter::Lora(_) => false,
+    }));
+
+    // Both exported formats reload onto the base model and give the trained logits.
+    let written = lm::export_lm(&trained.model, &root.join("export"), None).unwrap();
+    assert_eq!(
+        written,
+        [root.join("export/peanut"), root.join("export/peft")]
+    );
+    let want = logits(&trained.model);
+    for dir in &written {
+        let mut reloaded = load(&model_dir);
+        reloaded.load_adapters(dir).unwrap();
+        common::assert_close(&dir.display().to_string(), &logits(&reloaded), &want, 1e-5);
+    }
+}
+
+#[test]
+fn prompt_and_padding_tokens_are_masked_out_of_the_loss() {
+    let root = temp_dir("lm-mask");
+    let model_dir = write_model(&root.join("model"), 2);
+    let tokenizer = tokenizer(&model_dir);
+    let set = [
+        example("water wet", "true"),
+        Instruction {
+            input: "snow white , grass green".into(),
+            ..example("fire cold", "false")
+        },
+    ];
+    let data_path = write_examples(&root.join("train.json"), &set);
+    let data =
+        lm::load_instructions(&data_path, &tokenizer, Some(EOS), &tiny_lm_config(1)).unwrap();
+    let batch = collate(&data.train.iter().collect::<Vec<_>>(), 0);
+    // Sharpen the random head so token likelihoods differ clearly between positions.
+    let mut model = load(&model_dir);
+    let head = model.lm_head.as_mut().expect("untied head");
+    head.base.weight = Param::from_tensor(head.base.weight.val() * 20.0);
+
+    // Expected labels, from the tokenizer alone: the prompt and the padding are ignored.
+    let mut masked_loss = Vec::new();
+    let mut every_token_loss = Vec::new();
+    for (row, example) in set.iter().enumerate() {
+        let prompt_len = tokenizer
+            .encode(&instruct::prompt(example), true)
+            .unwrap()
+            .len();
+        let mut ids = tokenizer
+            .encode(
+                &format!("{}{}", instruct::prompt(example), example.output),
+                true,
+            )
+            .unwrap();
+        ids.push(EOS);
+        let labels = &batch.labels[row * batch.len..(row + 1) * batch.len];
+        for (t, &label) in labels.iter().enumerate() {
+            let want = if t < prompt_len || t >= ids.len() {
+                IGNORE_INDEX
+            } else {
+                i64::from(ids[t])
+            };
+            assert_eq!(label, want, "row {row}, position {t}");
+        }
+        // Next-token log-likelihoods of this example alone (no padding at all).
+        let input = Tensor::<Selected, 2, Int>::from_data(
+            TensorData::new(ids.iter().map(|&i| i64::from(i)).collect(), [1, ids.len()]),
+            &Default::default(),
+        );
+        let logp = common::values(log_softmax(model.forward(input, None), 2));
+        let vocab = WORDS.len();
+        for t in 1..ids.len() {
+            let nll = -logp[(t - 1) * vocab + ids[t] as usize];
+            every_token_loss.push(nll);
+            if t >= prompt_len {
+                masked_loss.push(nll);
+            }
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let loss = loss_of(&model, &data.train);
+    let (masked, every) = (mean(&masked_loss), mean(&every_token_loss));
+    assert!(
+        (loss - masked).abs() < 1e-4 * masked,
+        "batch loss {loss} vs response-only {masked}"
+    );
+    // The check can tell: the loss over every token differs by far more than the tolerance.
+    assert!(
+        (every - masked).abs() > 1e-2 * masked,
+        "{every} vs {masked}"
+    );
+}
+
+#[test]
+fn lm_resume_after_a_crash_equals_an_uninterrupted_run() {
+    let root = temp_dir("lm-resume");
+    let model_dir = write_model(&root.join("model"), 4);
+    let data_path = write_examples(&root.join("train.json"), &examples(6));
+    let config = LmTrainConfig {
+        decay: Decay::Linear,
+        clip_grad_norm: Some(0.5),
+        ..tiny_lm_config(2)
+    };
+    let data =
+        lm::load_instructions(&data_path, &tokenizer(&model_dir), Some(EOS), &config).unwrap();
+    let device = Default::default();
+    let base = || Llama::<TrainBackend>::from_pretrained(&model_dir, &device).unwrap();
+    let full = lm::train_lm(
+        base(),
+        &data,
+        &config,
+        &run(&root.join("full"), false),
+        &device,
+    )
+    .unwrap();
+    let copy = root.join("copy");
+    std::fs::create_dir_all(copy.join("checkpoint")).unwrap();
+    std::fs::copy(root.join("full/run.json"), copy.join("run.json")).unwrap();
+    for part in ["model", "optim", "scheduler"] {
+        let name = format!("checkpoint/{part}-1.mpk");
+        std::fs::copy(root.join("full").join(&name), copy.join(&name)).unwrap();
+    }
+    let resumed = lm::train_lm(base(), &data, &config, &run(&copy, true), &device).unwrap();
+    // Equal up to float reordering in the CPU backend's threaded kernels (a wrong data order,
+    // optimizer state or schedule position moves the adapters by orders of magnitude more, as
+    // stopping after the first epoch shows).
+    let want = adapter_values_lm(&full.model);
+    common::assert_close("resumed", &adapter_values_lm(&resumed.model), &want, 1e-5);
+    let first_epoch = adapter_values_lm(&load_epoch_one(&copy));
+    let gap = first_epoch
+        .iter()
+        .zip(&want)
+        .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        gap > 1e-3,
+        "the second epoch moved the adapters by only {gap}"
+    );
+    // Other settings cannot resume this run.
+    let other = LmTrainConfig {
+        learning_rate: 1e-3,
+        ..config
+    };
+    let err = lm::train_lm(base(), &data, &other, &run(&copy, true), &device)
+        .err()
+        .unwrap();
+    assert!(matches!(err, TrainError::Resume { .. }), "{err}");
+}
+
+/// The adapted model of the epoch-1 checkpoint of a run in `dir`.
+fn load_epoch_one(dir: &Path) -> Llama<Selected> {
+    use burn::module::Module;
+    use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
+    let model_dir = dir.parent().unwrap().join("model");
+    let mut model = load(&model_dir);
+    let config = LmTrainConfig {
+        decay: Decay::Linear,
+        clip_grad_norm: Some(0.5),
+        ..tiny_lm_config(2)
+    };
+    config
+        .adapter
+        .attach(&mut model, config.method, &config.targets, &[], config.seed)
+        .unwrap();
+    let wrapped = CausalLm::new(model, LossGuard::default(), None, 1)
+        .load_file(
+            dir.join("checkpoint/model-1"),
+            &NamedMpkFileRecorder::<FullPrecisionSettings>::new(),
+            &Default::default(),
+        )
+        .unwrap();
+    wrapped.model
+}
+
+/// A model whose final norm is zero: every logit is 0, so greedy decoding always picks id 0,
+/// `true`.
+fn always_true_model(dir: &Path) -> PathBuf {
+    let mut model: Llama<Selected> = tiny_llama_config().init(5, &Default::default()).unwrap();
+    let weight = model.model.norm.weight.val().zeros_like();
+    model.model.norm.weight = Param::from_tensor(weight);
+    save_model(&model, dir)
+}
+
+#[test]
+fn eval_lm_scores_extracted_answers_of_generations() {
+    let root = temp_dir("lm-eval");
+    let model_dir = always_true_model(&root.join("model"));
+    let answers = ["true", "false", "true", "true"];
+    let set: Vec<Instruction> = answers
+        .iter()
+        .map(|answer| example("water wet", answer))
+        .collect();
+    let test_file = write_examples(&root.join("boolq/test.json"), &set);
+
+    // Library: every response is `true …`, so 3 of 4 are right.
+    let model = load(&model_dir);
+    let mut seen = Vec::new();
+    let report = lm::evaluate_lm(
+        &model,
+        &tokenizer(&model_dir),
+        &set,
+        Task::Boolq,
+        &GenerationConfig::greedy(3),
+        &test_file,
+        |p| {
+            seen.push(p.clone());
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert_eq!((report.correct, report.total), (3, 4));
+    assert!((report.accuracy - 0.75).abs() < 1e-12);
+    assert_eq!(seen[0].response, "true true true");
+    assert_eq!(seen[1].predicted.as_deref(), Some("true"));
+    assert!(!seen[1].correct && seen[2].correct);
+
+    // CLI: the task comes from the directory name; predictions go to a JSONL file.
+    let output = root.join("out/predictions.jsonl");
+    let cli = parse(&[
+        "eval",
+        "lm",
+        "--data",
+        path_str(&test_file),
+        "--model",
+        path_str(&model_dir),
+        "--max-new-tokens",
+        "4",
+        "--output",
+        path_str(&output),
+    ]);
+    let cli::Command::Eval(cli::EvalCommand::Lm(args)) = cli.command else {
+        panic!("parsed {:?}", cli.command)
+    };
+    let report = cli::eval_lm(args).unwrap();
+    assert_eq!(
+        (report.task.as_str(), report.correct, report.total),
+        ("boolq", 3, 4)
+    );
+    let lines: Vec<lm::Prediction> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    assert_eq!(
+        lines.iter().map(|p| p.correct).collect::<Vec<_>>(),
+        [true, false, true, true]
+    );
+
+    // A PIQA file scored by the same generations finds no `solution1/2`: accuracy 0.
+    let piqa = write_examples(
+        &root.join("piqa.json"),
+        &[Instruction {
+            answer: Some("solution1".into()),
+            ..example("water wet", "solution1")
+        }],
+    );
+    let cli = parse(&[
+        "eval",
+        "lm",
+        "--data",
+        path_str(&piqa),
+        "--model",
+        path_str(&model_dir),
+    ]);
+    let cli::Command::Eval(cli::EvalCommand::Lm(args)) = cli.command else {
+        panic!()
+    };
+    let report = cli::eval_lm(args).unwrap();
+    assert_eq!(
+        (report.task.as_str(), report.correct, report.total),
+        ("piqa", 0, 1)
+    );
+}
+
+#[test]
+fn generate_is_deterministic_under_greedy_and_applies_the_adapter() {
+    let root = temp_dir("lm-generate");
+    let model_dir = write_model(&root.join("model"), 6);
+    // A PEANuT adapter with a random B (a zero B would change nothing).
+    let mut adapted = load(&model_dir);
+    let config = PeanutConfig::new(4).with_b_init(OutputInit::KaimingUniform);
+    adapted
+        .add_adapters(&Targets::llama_qkv_up_down(), &config.into(), 9)
+        .unwrap();
+    adapted.save_adapters(&root.join("adapter")).unwrap();
+    assert!(
+        common::values(adapted.forward(
+            Tensor::from_data(TensorData::new(vec![4i64, 5], [1, 2]), &Default::default()),
+            None
+        )) != common::values(load(&model_dir).forward(
+            Tensor::from_data(TensorData::new(vec![4i64, 5], [1, 2]), &Default::default()),
+            None
+        ))
+    );
+
+    let args = |extra: &[&str]| -> GenerateArgs {
+        let mut all = vec![
+            "generate",
+            "--model",
+            path_str(&model_dir),
+            "--instruction",
+            "Is water wet ?",
+            "--max-new-tokens",
+            "6",
+        ];
+        all.extend_from_slice(extra);
+        match parse(&all).command {
+            cli::Command::Generate(args) => args,
+            other => panic!("parsed {other:?}"),
+        }
+    };
+    let adapter = root.join("adapter");
+    let with_adapter = args(&["--adapter", path_str(&adapter)]);
+    let first = cli::generate_text(&with_adapter).unwrap();
+    assert_eq!(first, cli::generate_text(&with_adapter).unwrap());
+    let prompt = instruct::prompt(&example("water wet", ""));
+    let mut direct_config = GenerationConfig::greedy(6);
+    direct_config.eos_token_id = Some(EOS);
+    let want = lm::complete(&adapted, &tokenizer(&model_dir), &prompt, &direct_config).unwrap();
+    assert_eq!(first, want);
+    assert!(!first.is_empty());
+    // Top-p with a seed is reproducible too; `generate` itself prints and succeeds.
+    let sampled = args(&["--top-p", "0.9", "--temperature", "1.5", "--seed", "7"]);
+    assert_eq!(
+        cli::generate_text(&sampled).unwrap(),
+        cli::generate_text(&sampled).unwrap()
+    );
+    cli::run(parse(&[
+        "generate",
+        "--model",
+        path_str(&model_dir),
+        "--prompt",
+        "the cat",
+        "--max-new-tokens",
+        "2",
+    ]))
+    .unwrap();
+}
+
+#[test]
+fn cli_train_lm_then_eval_and_generate_with_its_export() {
+    let root = temp_dir("lm-cli");
+    let model_dir = write_model(&root.join("model"), 7);
+    let data = write_examples(&root.join("data/train.json"), &examples(10));
+    let test = write_examples(&root.join("data/boolq.json"), &examples(3));
+    for method in ["lora", "full"] {
+        let out = root.join(method);
+        cli::run(parse(&[
+            "train",
+            "lm",
+            "--data",
+            path_str(&data),
+            "--model",
+            path_str(&model_dir),
+            "--output-dir",
+            path_str(&out),
+            "--method",
+            method,
+            "--rank",
+            "2",
+            "--batch-size",
+            "4",
+            "--grad-accumulation",
+            "2",
+            "--warmup-steps",
+            "1",
+            "--val-size",
+            "2",
+            "--cutoff-len",
+            "64",
+        ]))
+        .unwrap();
+        assert_eq!(train::last_checkpoint(&out), Some(1));
+        let (model, adapter) = if method == "lora" {
+            assert!(out.join("export/peanut/peanut_config.json").is_file());
+            assert!(
+                !out.join("export/peft").exists(),
+                "peft format is PEANuT-only"
+            );
+            (model_dir.clone(), Some(out.join("export")))
+        } else {
+            assert!(out.join("export/model/tokenizer.json").is_file());
+            (out.join("export/model"), None)
+        };
+        let mut eval = vec![
+            "eval".to_string(),
+            "lm".into(),
+            "--data".into(),
+            path_str(&test).into(),
+            "--model".into(),
+            path_str(&model).into(),
+            "--max-new-tokens".into(),
+            "2".into(),
+        ];
+        let mut generate = vec![
+            "generate".to_string(),
+            "--model".into(),
+            path_str(&model).into(),
+            "--prompt".into(),
+            "the".into(),
+            "--max-new-tokens".into(),
+            "2".into(),
+        ];
+        if let Some(adapter) = &adapter {
+            for args in [&mut eval, &mut generate] {
+                args.extend(["--adapter".to_string(), path_str(adapter).to_string()]);
+            }
+        }
+        for args in [eval, generate] {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            cli::run(parse(&args)).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
+    }
+}
+
+#[test]
+fn cli_lm_defaults_are_the_papers_and_help_explains_them() {
+    let cli = parse(&["train", "lm", "--data", "d.json", "--model", "m"]);
+    let cli::Command::Train(cli::TrainCommand::Lm(args)) = cli.command else {
+        panic!()
+    };
+    let config = args.config();
+    assert_eq!(config, LmTrainConfig::default());
+    assert_eq!(config.adapter.rank, 32);
+    assert_eq!(
+        config.targets,
+        ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
+    );
+    assert_eq!((config.epochs, config.cutoff_len), (1, 256));
+    assert!(!config.train_on_inputs && (config.learning_rate - 3e-4).abs() < 1e-12);
+
+    for command in [
+        &["train", "lm", "--help"][..],
+        &["eval", "lm", "--help"],
+        &["generate", "--help"],
+    ] {
+        let err = Cli::try_parse_from(std::iter::once("peanut").chain(command.iter().copied()))
+            .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelp);
+        let help = err.to_string();
+        assert!(help.contains("--model"), "{help}");
+        if command[0] == "train" {
+            assert!(help.contains("--cutoff-len") && help.contains("[default: 256]"));
+            assert!(help.contains("responses only"), "{help}");
+        }
+    }
+    // `generate` needs a prompt or an instruction; `--task` takes only the known tasks.
+    assert!(Cli::try_parse_from(["peanut", "generate", "--model", "m"]).is_err());
+    assert!(
+        Cli::try_parse_from([
+            "peanut", "eval", "lm", "--data", "d", "--model", "m", "--task", "x"
+        ])
+        .is_err()
+    );
+}
+
+#[test]
+fn lm_user_errors_name_the_path_or_option() {
+    let root = temp_dir("lm-errors");
+    let model_dir = write_model(&root.join("model"), 8);
+    let good = write_examples(&root.join("train.json"), &examples(4));
+    let out = root.join("out");
+    let train = |data: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "lm",
+            "--data",
+            path_str(data),
+            "--model",
+            path_str(&model_dir),
+            "--output-dir",
+            path_str(&out),
+        ];
+        args.extend_from_slice(extra);
+        if !extra.contains(&"--val-size") {
+            args.extend(["--val-size", "0"]);
+        }
+        cli::run(parse(&args)).unwrap_err()
+    };
+
+    let missing = root.join("missing.json");
+    let err = train(&missing, &[]);
+    assert!(matches!(err, TrainError::Io { .. }) && err.to_string().contains("missing.json"));
+
+    let bad = root.join("bad.json");
+    std::fs::write(&bad, r#"[{"input": "no instruction here", "output": "x"}]"#).unwrap();
+    let err = train(&bad, &[]);
+    let message = err.to_string();
+    assert!(matches!(err, TrainError::Json { .. }), "{message}");
+    assert!(
+        message.contains("bad.json") && message.contains("`instruction`"),
+        "{message}"
+    );
+
+    let err = train(&good, &["--cutoff-len", "4"]);
+    let message = err.to_string();
+    assert!(matches!(
+        err,
+        TrainError::EmptyAfterCutoff {
+            cutoff: 4,
+            examples: 4,
+            ..
+        }
+    ));
+    assert!(
+        message.contains("train.json") && message.contains("--cutoff-len"),
+        "{message}"
+    );
+
+    let err = train(&good, &["--val-size", "4"]);
+    assert!(err.to_string().contains("--val-size"), "{err}");
+
+    let err = train(&good, &["--method", "head"]);
+    assert!(
+        matches!(
+            err,
+            TrainError::InvalidOption {
+                option: "--method",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = train(&good, &["--targets", "nonexistent_proj"]);
+    assert!(err.to_string().contains("nonexistent_proj"), "{err}");
+
+    let nowhere = root.join("no-model");
+    let err = cli::run(parse(&[
+        "train",
+        "lm",
+        "--data",
+        path_str(&good),
+        "--model",
+        path_str(&nowhere),
+    ]))
+    .unwrap_err();
+    assert!(err.to_string().contains("no-model"), "{err}");
+
+    let mystery = write_examples(&root.join("mystery.json"), &examples(2));
+    let eval = |data: &Path| {
+        cli::run(parse(&[
+            "eval",
+            "lm",
+            "--data",
+            path_str(data),
+            "--model",
+            path_str(&model_dir),
+        ]))
+        .unwrap_err()
+    };
+    let err = eval(&mystery);
+    let message = err.to_string();
+    assert!(matches!(err, TrainError::UnknownTask { .. }), "{message}");
+    assert!(
+        message.contains("mystery") && message.contains("--task"),
+        "{message}"
+    );
+
+    let unanswered = root.join("boolq/test.json");
+    let mut set = examples(2);
+    set[1].answer = None;
+    write_examples(&unanswered, &set);
+    let err = eval(&unanswered);
+    assert!(
+        err.to_string().contains("test.json") && err.to_string().contains("example 1"),
+        "{err}"
+    );
+
+    let empty = root.join("empty.json");
+    std::fs::write(&empty, "[]").unwrap();
+    assert!(train(&empty, &[]).to_string().contains("empty.json"));
+}
