@@ -1,11 +1,12 @@
-//! The `peanut` command line: argument types (clap) and what each subcommand does. The binary
-//! (`src/bin/peanut.rs`) only dispatches here, so tests can call the same functions.
+//! The `peanut` command line: argument types (clap), what each subcommand does, and [`run`],
+//! which dispatches a parsed [`Cli`]. The binary (`src/bin/peanut.rs`) only parses and reports
+//! errors, so tests can run the same commands in-process.
 
 use std::path::{Path, PathBuf};
 
 use burn::module::{AutodiffModule, Module, Param};
 use burn::tensor::{Tensor, TensorData};
-use clap::Args;
+use clap::{Args, Parser, Subcommand};
 use peanut_models::vit::VitPeftPaths;
 use peanut_models::{AdaptableModel, Vit, VitLoadOptions};
 
@@ -14,6 +15,72 @@ use crate::data::{self, ImageBatcher, Normalization, SampleRef, Transform};
 use crate::error::{Result, TrainError};
 use crate::schedule::Decay;
 use crate::train::{self, AdapterOptions, ImageTrainConfig, Method, RunOptions};
+
+/// PEANuT (weight-aware neural tweakers) and LoRA adapters on burn.
+///
+/// Every option defaults to the paper's setting for its task (Stanford Cars on ViT-B/16
+/// in21k: q,v targets, rank 7, depth 2, ReLU, 10 epochs, lr 1e-2 for head and adapters,
+/// weight decay 4e-5, batch 64 × accumulation 4).
+#[derive(Parser, Debug)]
+#[command(name = "peanut", version, about, long_about = None)]
+pub struct Cli {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands of `peanut`.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Fine-tune a model.
+    #[command(subcommand)]
+    Train(TrainCommand),
+    /// Evaluate a (fine-tuned) model.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+    /// Predict with a fine-tuned model.
+    #[command(subcommand)]
+    Predict(PredictCommand),
+    /// Write a model with its adapters merged as a Hugging Face checkpoint.
+    Merge(MergeArgs),
+    /// Convert an adapter between this workspace's format and Hugging Face peft's.
+    Convert(ConvertArgs),
+    /// Show a model's adaptable linears, the targets a setting selects and parameter counts.
+    Info(InfoArgs),
+}
+
+/// `peanut train …`.
+#[derive(Subcommand, Debug)]
+pub enum TrainCommand {
+    /// Image classification (Stanford Cars layouts, ImageFolder, parquet) with a ViT.
+    Image(TrainImageArgs),
+}
+
+/// `peanut eval …`.
+#[derive(Subcommand, Debug)]
+pub enum EvalCommand {
+    /// Top-1 / top-5 accuracy on an image dataset's test split.
+    Image(EvalImageArgs),
+}
+
+/// `peanut predict …`.
+#[derive(Subcommand, Debug)]
+pub enum PredictCommand {
+    /// Top-k labels and logits for image files, as JSON.
+    Image(PredictImageArgs),
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(TrainCommand::Image(args)) => train_image(args),
+        Command::Eval(EvalCommand::Image(args)) => eval_image(args),
+        Command::Predict(PredictCommand::Image(args)) => predict_image(args),
+        Command::Merge(args) => merge(args),
+        Command::Convert(args) => convert(args),
+        Command::Info(args) => info(args),
+    }
+}
 
 /// The adapter options shared by `train image` and `info`.
 #[derive(Args, Debug, Clone)]
