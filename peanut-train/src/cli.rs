@@ -280,6 +280,10 @@ pub struct MergeArgs {
     /// Where the merged transformers checkpoint goes.
     #[arg(long)]
     pub output: PathBuf,
+    /// Input side in pixels the adapters were trained at (`train image --image-size`); the
+    /// merged checkpoint is written at this size. Default: the base checkpoint's.
+    #[arg(long)]
+    pub image_size: Option<u32>,
 }
 
 /// Target format of `peanut convert`.
@@ -426,18 +430,33 @@ fn read_labels(dir: &Path) -> Result<Option<Vec<String>>> {
 }
 
 /// Loads an export directory (adapter in either format + `head.safetensors`) onto `model`.
+///
+/// # Errors
+/// `dir` holds neither an adapter nor a head (a wrong path must not quietly evaluate the base
+/// model), or what it holds does not load.
 fn apply_export(mut model: Vit<Selected>, dir: &Path) -> Result<Vit<Selected>> {
     let adapter_dir = ["peanut", "peft"]
         .iter()
         .map(|d| dir.join(d))
         .find(|d| d.is_dir())
         .unwrap_or_else(|| dir.to_path_buf());
-    if peanut::io::detect_format(&adapter_dir).is_ok() {
+    let has_adapter = peanut::io::detect_format(&adapter_dir).is_ok();
+    if has_adapter {
         model.load_adapters(&adapter_dir)?;
     }
     let head = dir.join("head.safetensors");
     if head.is_file() {
         model = load_head(model, &head)?;
+    } else if !has_adapter {
+        return Err(TrainError::io(
+            "no adapter found in",
+            dir,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "pass the `export` directory of a `train image` run (`peanut/` or `peft/`, \
+                 `head.safetensors`) or an adapter directory",
+            ),
+        ));
     }
     Ok(model)
 }
@@ -477,16 +496,17 @@ fn load_head(mut model: Vit<Selected>, path: &Path) -> Result<Vit<Selected>> {
     Ok(model)
 }
 
+/// The base model with an export applied; `image_size` `None` keeps the checkpoint's.
 fn inference_model(
     model: &Path,
     adapter: Option<&Path>,
-    image_size: u32,
+    image_size: Option<u32>,
 ) -> Result<(Vit<Selected>, Option<Vec<String>>)> {
     let labels = match adapter {
         Some(dir) => read_labels(dir)?,
         None => None,
     };
-    let vit = load_vit(model, labels.as_ref().map(Vec::len), Some(image_size), 0)?.valid();
+    let vit = load_vit(model, labels.as_ref().map(Vec::len), image_size, 0)?.valid();
     let vit = match adapter {
         Some(dir) => apply_export(vit, dir)?,
         None => vit,
@@ -498,7 +518,7 @@ fn inference_model(
 /// JSON).
 pub fn eval_image(args: EvalImageArgs) -> Result<train::EvalReport> {
     let data = data::detect(&args.data_dir)?;
-    let (model, _) = inference_model(&args.model, args.adapter.as_deref(), args.image_size)?;
+    let (model, _) = inference_model(&args.model, args.adapter.as_deref(), Some(args.image_size))?;
     if model.config.num_labels != data.classes.len() {
         return Err(TrainError::InvalidOption {
             option: "--adapter",
@@ -545,7 +565,8 @@ pub struct RankedLabel {
 /// `peanut predict image`: per image, the top-k labels and the logits ([`run`] prints them as
 /// one JSON array).
 pub fn predict_image(args: PredictImageArgs) -> Result<Vec<Prediction>> {
-    let (model, labels) = inference_model(&args.model, args.adapter.as_deref(), args.image_size)?;
+    let (model, labels) =
+        inference_model(&args.model, args.adapter.as_deref(), Some(args.image_size))?;
     let samples: Vec<data::ImageSample> = args
         .images
         .iter()
@@ -613,7 +634,7 @@ pub fn predict_image(args: PredictImageArgs) -> Result<Vec<Prediction>> {
 
 /// `peanut merge`.
 pub fn merge(args: MergeArgs) -> Result<()> {
-    let (mut model, _) = inference_model(&args.model, Some(&args.adapter), 224)?;
+    let (mut model, _) = inference_model(&args.model, Some(&args.adapter), args.image_size)?;
     model.merge_adapters();
     model.save_merged(&args.output)?;
     println!("wrote {}", args.output.display());
