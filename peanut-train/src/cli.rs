@@ -94,13 +94,31 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(TrainCommand::Image(args)) => train_image(args),
         Command::Train(TrainCommand::Lm(args)) => train_lm(args),
-        Command::Eval(EvalCommand::Image(args)) => eval_image(args),
         Command::Eval(EvalCommand::Lm(args)) => eval_lm(args).map(|_| ()),
-        Command::Predict(PredictCommand::Image(args)) => predict_image(args),
         Command::Generate(args) => generate(args),
+        Command::Eval(EvalCommand::Image(args)) => {
+            let report = eval_image(args)?;
+            let json = serde_json::json!({
+                "top1": report.top1, "top5": report.top5, "loss": report.loss,
+                "images": report.count, "unreadable": report.skipped,
+            });
+            println!("{json}");
+            Ok(())
+        }
+        Command::Predict(PredictCommand::Image(args)) => {
+            let predictions = predict_image(args)?;
+            println!(
+                "{}",
+                serde_json::to_string(&predictions).expect("predictions serialize")
+            );
+            Ok(())
+        }
         Command::Merge(args) => merge(args),
         Command::Convert(args) => convert(args),
-        Command::Info(args) => info(args),
+        Command::Info(args) => {
+            println!("{}", info(args)?);
+            Ok(())
+        }
     }
 }
 
@@ -299,6 +317,10 @@ pub struct MergeArgs {
     /// Where the merged transformers checkpoint goes.
     #[arg(long)]
     pub output: PathBuf,
+    /// Input side in pixels the adapters were trained at (`train image --image-size`); the
+    /// merged checkpoint is written at this size. Default: the base checkpoint's.
+    #[arg(long)]
+    pub image_size: Option<u32>,
 }
 
 /// Target format of `peanut convert`.
@@ -460,14 +482,29 @@ fn adapter_dir(dir: &Path) -> PathBuf {
 }
 
 /// Loads an export directory (adapter in either format + `head.safetensors`) onto `model`.
+///
+/// # Errors
+/// `dir` holds neither an adapter nor a head (a wrong path must not quietly evaluate the base
+/// model), or what it holds does not load.
 fn apply_export(mut model: Vit<Selected>, dir: &Path) -> Result<Vit<Selected>> {
     let adapter_dir = adapter_dir(dir);
-    if peanut::io::detect_format(&adapter_dir).is_ok() {
+    let has_adapter = peanut::io::detect_format(&adapter_dir).is_ok();
+    if has_adapter {
         model.load_adapters(&adapter_dir)?;
     }
     let head = dir.join("head.safetensors");
     if head.is_file() {
         model = load_head(model, &head)?;
+    } else if !has_adapter {
+        return Err(TrainError::io(
+            "no adapter found in",
+            dir,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "pass the `export` directory of a `train image` run (`peanut/` or `peft/`, \
+                 `head.safetensors`) or an adapter directory",
+            ),
+        ));
     }
     Ok(model)
 }
@@ -507,16 +544,17 @@ fn load_head(mut model: Vit<Selected>, path: &Path) -> Result<Vit<Selected>> {
     Ok(model)
 }
 
+/// The base model with an export applied; `image_size` `None` keeps the checkpoint's.
 fn inference_model(
     model: &Path,
     adapter: Option<&Path>,
-    image_size: u32,
+    image_size: Option<u32>,
 ) -> Result<(Vit<Selected>, Option<Vec<String>>)> {
     let labels = match adapter {
         Some(dir) => read_labels(dir)?,
         None => None,
     };
-    let vit = load_vit(model, labels.as_ref().map(Vec::len), Some(image_size), 0)?.valid();
+    let vit = load_vit(model, labels.as_ref().map(Vec::len), image_size, 0)?.valid();
     let vit = match adapter {
         Some(dir) => apply_export(vit, dir)?,
         None => vit,
@@ -524,10 +562,11 @@ fn inference_model(
     Ok((vit, labels))
 }
 
-/// `peanut eval image`.
-pub fn eval_image(args: EvalImageArgs) -> Result<()> {
+/// `peanut eval image`: accuracy and loss on the dataset's test split ([`run`] prints it as
+/// JSON).
+pub fn eval_image(args: EvalImageArgs) -> Result<train::EvalReport> {
     let data = data::detect(&args.data_dir)?;
-    let (model, _) = inference_model(&args.model, args.adapter.as_deref(), args.image_size)?;
+    let (model, _) = inference_model(&args.model, args.adapter.as_deref(), Some(args.image_size))?;
     if model.config.num_labels != data.classes.len() {
         return Err(TrainError::InvalidOption {
             option: "--adapter",
@@ -539,26 +578,43 @@ pub fn eval_image(args: EvalImageArgs) -> Result<()> {
             ),
         });
     }
-    let report = train::evaluate(
+    Ok(train::evaluate(
         &model,
         &data.test,
         args.image_size,
         Normalization::VIT,
         args.batch_size,
         &backend::device(),
-    );
-    let json = serde_json::json!({
-        "top1": report.top1, "top5": report.top5, "loss": report.loss,
-        "images": report.count, "unreadable": report.skipped,
-    });
-    println!("{json}");
-    Ok(())
+    ))
 }
 
-/// `peanut predict image`: prints one JSON object with, per image, the top-k labels and the
-/// logits.
-pub fn predict_image(args: PredictImageArgs) -> Result<()> {
-    let (model, labels) = inference_model(&args.model, args.adapter.as_deref(), args.image_size)?;
+/// One image's prediction: the top-k classes and every logit.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Prediction {
+    /// The image file.
+    pub image: PathBuf,
+    /// The `--top-k` best classes, best first.
+    pub top_k: Vec<RankedLabel>,
+    /// One logit per class.
+    pub logits: Vec<f32>,
+}
+
+/// A class of a [`Prediction`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RankedLabel {
+    /// Class index.
+    pub index: usize,
+    /// Class name from the export's `labels.json`, or the index.
+    pub label: String,
+    /// Its logit.
+    pub logit: f32,
+}
+
+/// `peanut predict image`: per image, the top-k labels and the logits ([`run`] prints them as
+/// one JSON array).
+pub fn predict_image(args: PredictImageArgs) -> Result<Vec<Prediction>> {
+    let (model, labels) =
+        inference_model(&args.model, args.adapter.as_deref(), Some(args.image_size))?;
     let samples: Vec<data::ImageSample> = args
         .images
         .iter()
@@ -603,26 +659,30 @@ pub fn predict_image(args: PredictImageArgs) -> Result<()> {
             .unwrap_or_default();
         let mut order: Vec<usize> = (0..logits.len()).collect();
         order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-        let top: Vec<serde_json::Value> = order
+        let top_k = order
             .iter()
             .take(args.top_k)
-            .map(|&i| {
-                let label = labels
+            .map(|&index| RankedLabel {
+                index,
+                label: labels
                     .as_ref()
-                    .and_then(|l| l.get(i).cloned())
-                    .unwrap_or(i.to_string());
-                serde_json::json!({"index": i, "label": label, "logit": logits[i]})
+                    .and_then(|l| l.get(index).cloned())
+                    .unwrap_or(index.to_string()),
+                logit: logits[index],
             })
             .collect();
-        results.push(serde_json::json!({"image": path, "top_k": top, "logits": logits}));
+        results.push(Prediction {
+            image: path.clone(),
+            top_k,
+            logits,
+        });
     }
-    println!("{}", serde_json::Value::Array(results));
-    Ok(())
+    Ok(results)
 }
 
 /// `peanut merge`.
 pub fn merge(args: MergeArgs) -> Result<()> {
-    let (mut model, _) = inference_model(&args.model, Some(&args.adapter), 224)?;
+    let (mut model, _) = inference_model(&args.model, Some(&args.adapter), args.image_size)?;
     model.merge_adapters();
     model.save_merged(&args.output)?;
     println!("wrote {}", args.output.display());
@@ -652,8 +712,54 @@ pub fn convert(args: ConvertArgs) -> Result<()> {
     Ok(())
 }
 
-/// `peanut info`.
-pub fn info(args: InfoArgs) -> Result<()> {
+/// What `peanut info` reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InfoReport {
+    /// The backend the binary was built with.
+    pub backend: &'static str,
+    /// Every adaptable linear of the model, by path.
+    pub linears: Vec<String>,
+    /// The linears the options put adapters on.
+    pub adapted: Vec<String>,
+    /// Parameters of the model before adapters are added.
+    pub total_params: usize,
+    /// Of those, the ones `--method` trains.
+    pub trainable_params: usize,
+    /// The method counted.
+    pub method: Method,
+}
+
+impl InfoReport {
+    /// Trainable parameters as a percentage of the total.
+    pub fn trainable_percent(&self) -> f64 {
+        100.0 * self.trainable_params as f64 / self.total_params.max(1) as f64
+    }
+}
+
+impl std::fmt::Display for InfoReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "backend: {}", self.backend)?;
+        writeln!(f, "linears: {}", self.linears.len())?;
+        writeln!(
+            f,
+            "adapted ({}): {}",
+            self.adapted.len(),
+            self.adapted.join(", ")
+        )?;
+        write!(
+            f,
+            "parameters: {} total, {} trainable ({:.4}%) with --method {}",
+            self.total_params,
+            self.trainable_params,
+            self.trainable_percent(),
+            self.method.name()
+        )
+    }
+}
+
+/// `peanut info`: the model's linears, the ones the adapter options select, and parameter
+/// counts ([`run`] prints them).
+pub fn info(args: InfoArgs) -> Result<InfoReport> {
     let model = load_vit(&args.model, args.num_labels, None, 0)?;
     let total = model.num_params();
     let config = ImageTrainConfig {
@@ -666,13 +772,12 @@ pub fn info(args: InfoArgs) -> Result<()> {
     let linears: Vec<String> = model.linear_sites().into_iter().map(|s| s.path).collect();
     let (prepared, trainable) = train::prepare_model(model, &config)?;
     let adapted: Vec<String> = prepared.adapters().into_iter().map(|(p, _)| p).collect();
-    println!("backend: {}", backend::NAME);
-    println!("linears: {}", linears.len());
-    println!("adapted ({}): {}", adapted.len(), adapted.join(", "));
-    println!(
-        "parameters: {total} total, {trainable} trainable ({:.4}%) with --method {}",
-        100.0 * trainable as f64 / total.max(1) as f64,
-        args.adapter.method.name()
-    );
-    Ok(())
+    Ok(InfoReport {
+        backend: backend::NAME,
+        linears,
+        adapted,
+        total_params: total,
+        trainable_params: trainable,
+        method: args.adapter.method,
+    })
 }

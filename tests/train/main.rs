@@ -2,8 +2,11 @@
 //! (one link of the burn-heavy binary) with a module per area.
 
 mod classify;
+mod cli;
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "data.rs"]
+mod datasets;
 mod lm;
 
 use std::path::{Path, PathBuf};
@@ -24,18 +27,23 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// A 16×16 PNG whose colour depends on the class, with some per-image noise.
+/// A 16×16 image whose colour depends on the class, with some per-image noise, saved in the
+/// format the extension names (`.png`, `.jpg`).
 pub fn write_png(path: &Path, class: usize, index: usize) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let image = image::RgbImage::from_fn(16, 16, |x, y| {
+    test_image(class, index).save(path).unwrap();
+}
+
+/// The image [`write_png`] writes.
+pub fn test_image(class: usize, index: usize) -> image::RgbImage {
+    image::RgbImage::from_fn(16, 16, |x, y| {
         let noise = ((x * 7 + y * 13 + index as u32 * 31) % 40) as u8;
         match class {
             0 => image::Rgb([200 + noise / 2, noise, noise]),
             1 => image::Rgb([noise, 200 + noise / 2, noise]),
             _ => image::Rgb([noise, noise, 200 + noise / 2]),
         }
-    });
-    image.save(path).unwrap();
+    })
 }
 
 pub fn image_folder(root: &Path, per_class: usize) {

@@ -46,8 +46,17 @@ pub fn read_devkit(dir: &Path) -> Result<Option<ImageDataset>> {
     ]
     .into_iter()
     .find(|p| p.is_file());
-    let test_annos =
-        require(test_annos.unwrap_or_else(|| dir.join("cars_test_annos_withlabels.mat")))?;
+    let Some(test_annos) = test_annos else {
+        return Err(TrainError::Layout {
+            path: dir.to_path_buf(),
+            looked_for: format!(
+                "the Stanford Cars devkit layout, but `cars_test_annos_withlabels.mat` (the test \
+                 labels, a separate download from the devkit) is in neither `{}` nor `{}`",
+                dir.display(),
+                devkit.display()
+            ),
+        });
+    };
 
     let classes = read_class_names(&meta)?;
     let train = read_annotations(&train_annos, &image_dir(dir, "cars_train"), classes.len())?;
@@ -138,7 +147,8 @@ fn read_annotations(path: &Path, images: &Path, num_classes: usize) -> Result<Ve
 /// dir/names.csv                            one class name per line
 /// ```
 ///
-/// Without the CSVs the class folders alone give the labels (sorted folder names).
+/// Without the CSVs the class folders alone give the labels (sorted folder names). Images the
+/// CSVs name but no folder holds are counted as skipped.
 pub fn read_kaggle(dir: &Path) -> Result<Option<ImageDataset>> {
     let Some(images) = [dir.join("car_data").join("car_data"), dir.join("car_data")]
         .into_iter()
@@ -218,6 +228,7 @@ fn read_kaggle_split(images: &Path, csv: &Path, classes: &[String]) -> Result<su
     };
     let mut samples = Vec::new();
     let mut unlabelled = 0;
+    let mut found = std::collections::HashSet::new();
     for class_dir in read_dir_sorted(images)?.into_iter().filter(|p| p.is_dir()) {
         let folder = class_dir
             .file_name()
@@ -235,6 +246,7 @@ fn read_kaggle_split(images: &Path, csv: &Path, classes: &[String]) -> Result<su
                 .as_ref()
                 .and_then(|labels| labels.get(&name).copied())
                 .or_else(|| folder_label(&folder));
+            found.insert(name);
             match label {
                 Some(label) => samples.push(ImageSample {
                     source: ImageSource::File(file),
@@ -244,7 +256,12 @@ fn read_kaggle_split(images: &Path, csv: &Path, classes: &[String]) -> Result<su
             }
         }
     }
+    // Images the CSV names but no class folder holds (an incomplete download) count as
+    // unreadable, as a devkit annotation naming a missing file does.
+    let missing = csv_labels.map_or(0, |labels| {
+        labels.keys().filter(|name| !found.contains(*name)).count()
+    });
     let mut split = drop_unreadable(samples);
-    split.skipped += unlabelled;
+    split.skipped += unlabelled + missing;
     Ok(split)
 }

@@ -88,14 +88,18 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<BTreeMap<String, MatValue>, St
     if bytes.len() < 128 {
         return Err("shorter than the 128-byte header".into());
     }
-    if &bytes[126..128] != b"IM" {
+    // v7.3 files keep the 128-byte text header (with version 0x0200 and `IM`) in front of an
+    // HDF5 file; a bare HDF5 file starts with its signature.
+    let version = u16::from_le_bytes([bytes[124], bytes[125]]);
+    if bytes.starts_with(b"\x89HDF") || (&bytes[126..128] == b"IM" && version == 0x0200) {
         return Err(
-            if bytes.starts_with(b"\x89HDF") || bytes[..128].windows(4).any(|w| w == b"HDF") {
-                "this is a MATLAB v7.3 (HDF5) file; save it with `-v7` or use the devkit's original files".into()
-            } else {
-                "not a little-endian MATLAB level-5 file (no `IM` marker)".into()
-            },
+            "this is a MATLAB v7.3 (HDF5) file; save it with `-v7` or use the devkit's \
+                    original files"
+                .into(),
         );
+    }
+    if &bytes[126..128] != b"IM" {
+        return Err("not a little-endian MATLAB level-5 file (no `IM` marker)".into());
     }
     let mut variables = BTreeMap::new();
     let mut cursor = Cursor::new(&bytes[128..]);
@@ -215,7 +219,13 @@ fn parse_matrix(data: &[u8]) -> std::result::Result<(String, MatValue), String> 
         .collect();
     let (_, name) = cursor.element()?;
     let name = String::from_utf8_lossy(name).into_owned();
-    let count: usize = dims.iter().product();
+    // Every element of a cell or struct takes at least 8 bytes, so a count beyond the data is
+    // a corrupt header (and must not size an allocation).
+    let count = dims
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= data.len() || !matches!(class, MX_CELL | MX_STRUCT | MX_CHAR))
+        .ok_or_else(|| format!("array `{name}` has impossible dimensions {dims:?}"))?;
     let value = match class {
         MX_CELL => {
             let mut items = Vec::with_capacity(count);
@@ -261,7 +271,20 @@ fn parse_matrix(data: &[u8]) -> std::result::Result<(String, MatValue), String> 
         }
         MX_CHAR => {
             let (kind, chars) = cursor.element()?;
-            let codes = numbers(kind, chars)?;
+            let codes: Vec<f64> = if kind == MI_UTF8 {
+                String::from_utf8_lossy(chars)
+                    .chars()
+                    .map(|c| f64::from(u32::from(c)))
+                    .collect()
+            } else {
+                numbers(kind, chars)?
+            };
+            if codes.len() != count {
+                return Err(format!(
+                    "char array `{name}` of dimensions {dims:?} holds {} characters",
+                    codes.len()
+                ));
+            }
             // Column-major: for a single row this is the text itself.
             let rows = dims.first().copied().unwrap_or(1).max(1);
             let cols = count / rows;
@@ -427,6 +450,43 @@ mod tests {
         file.extend_from_slice(&compressed);
         let read = parse(&file).unwrap();
         assert_eq!(read["x"].scalar(), Some(1.0));
+    }
+
+    #[test]
+    fn v7_3_files_are_named_as_such() {
+        // The header of a v7.3 file: version 0x0200, then the HDF5 file at offset 512.
+        let mut bytes = write(&[]);
+        bytes[124..126].copy_from_slice(&0x0200u16.to_le_bytes());
+        bytes.resize(512, 0);
+        bytes.extend_from_slice(b"\x89HDF\r\n\x1a\n");
+        let err = parse(&bytes).unwrap_err();
+        assert!(err.contains("v7.3"), "{err}");
+    }
+
+    #[test]
+    fn impossible_dimensions_are_an_error_not_an_allocation() {
+        let cell = MatValue::Cell {
+            dims: vec![1, 1],
+            items: vec![MatValue::Char("a".into())],
+        };
+        let mut bytes = write(&[("c", cell)]);
+        // The dims element's data: 128 header + 8 matrix tag + 16 flags + 8 dims tag.
+        bytes[160..168].copy_from_slice(&[0xff, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff, 0x7f]);
+        let err = parse(&bytes).unwrap_err();
+        assert!(err.contains("impossible dimensions"), "{err}");
+    }
+
+    #[test]
+    fn utf8_char_data_is_decoded() {
+        // A 1×5 char array stored as miUTF8 (7 bytes for 5 characters).
+        let mut body = Vec::new();
+        write_element(&mut body, MI_UINT32, &[MX_CHAR, 0, 0, 0, 0, 0, 0, 0]);
+        write_element(&mut body, MI_INT32, &[1, 0, 0, 0, 5, 0, 0, 0]);
+        write_element(&mut body, MI_INT8, b"s");
+        write_element(&mut body, MI_UTF8, "Škoda".as_bytes());
+        let mut bytes = write(&[]);
+        write_element(&mut bytes, MI_MATRIX, &body);
+        assert_eq!(parse(&bytes).unwrap()["s"], MatValue::Char("Škoda".into()));
     }
 
     #[test]

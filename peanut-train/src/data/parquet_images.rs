@@ -6,8 +6,10 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use parquet::basic::Type as PhysicalType;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
+use parquet::schema::types::SchemaDescriptor;
 
 use super::{ImageDataset, ImageSample, ImageSource, Layout, drop_unreadable, read_dir_sorted};
 use crate::error::{Result, TrainError};
@@ -65,13 +67,17 @@ pub fn read_dir(dir: &Path) -> Result<Option<ImageDataset>> {
         });
     }
     let mut names = None;
-    let mut train = Vec::new();
+    let (mut train, mut train_skipped) = (Vec::new(), 0);
     for file in train_files {
-        train.extend(read_file(file, &mut names)?);
+        let (samples, skipped) = read_file(file, &mut names)?;
+        train.extend(samples);
+        train_skipped += skipped;
     }
-    let mut test = Vec::new();
+    let (mut test, mut test_skipped) = (Vec::new(), 0);
     for file in test_files {
-        test.extend(read_file(file, &mut names)?);
+        let (samples, skipped) = read_file(file, &mut names)?;
+        test.extend(samples);
+        test_skipped += skipped;
     }
     let classes = names.unwrap_or_else(|| {
         let max = train
@@ -92,9 +98,13 @@ pub fn read_dir(dir: &Path) -> Result<Option<ImageDataset>> {
             ),
         ));
     }
+    let mut train = drop_unreadable(train);
+    train.skipped += train_skipped;
+    let mut test = drop_unreadable(test);
+    test.skipped += test_skipped;
     Ok(Some(ImageDataset {
-        train: drop_unreadable(train),
-        test: drop_unreadable(test),
+        train,
+        test,
         classes,
         layout: Layout::Parquet,
         root: dir.to_path_buf(),
@@ -112,46 +122,57 @@ fn collect_parquet(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<(
     Ok(())
 }
 
-/// Reads one parquet file's examples; fills `names` from the Hugging Face metadata
-/// (`ClassLabel` names) when present.
-pub fn read_file(path: &Path, names: &mut Option<Vec<String>>) -> Result<Vec<ImageSample>> {
+/// Reads one parquet file's examples and the number of rows skipped for a missing image or
+/// label (a null cell, or a negative label such as Hugging Face's `-1` for "unlabelled"); fills
+/// `names` from the Hugging Face metadata (`ClassLabel` names) when present.
+///
+/// # Errors
+/// The file does not parse, or its schema has no image column (a struct with a binary `bytes`
+/// field, as Hugging Face datasets store images, or a binary `image` column) or no integer label
+/// column (one of [`LABEL_COLUMNS`]); the message lists the columns it has.
+pub fn read_file(
+    path: &Path,
+    names: &mut Option<Vec<String>>,
+) -> Result<(Vec<ImageSample>, usize)> {
     let parquet_err = |source| TrainError::Parquet {
         path: path.to_path_buf(),
         source,
     };
     let file = std::fs::File::open(path).map_err(|e| TrainError::io("cannot open", path, e))?;
     let reader = SerializedFileReader::new(file).map_err(parquet_err)?;
+    let (image_column, label_column) =
+        find_columns(path, reader.metadata().file_metadata().schema_descr())?;
     if names.is_none() {
         *names = class_names(&reader);
     }
     let mut samples = Vec::new();
-    let mut unreadable = 0usize;
+    let mut skipped = 0usize;
     for row in reader.get_row_iter(None).map_err(parquet_err)? {
         let row = row.map_err(parquet_err)?;
         let mut bytes = None;
         let mut label = None;
         for (name, field) in row.get_column_iter() {
-            match field {
-                Field::Group(group) if bytes.is_none() => {
-                    bytes = group.get_column_iter().find_map(|(n, f)| match f {
+            if *name == image_column {
+                bytes = match field {
+                    Field::Group(group) => group.get_column_iter().find_map(|(n, f)| match f {
                         Field::Bytes(b) if n == "bytes" => Some(Arc::<[u8]>::from(b.data())),
                         _ => None,
-                    });
-                }
-                Field::Bytes(b) if bytes.is_none() && name == "image" => {
-                    bytes = Some(Arc::<[u8]>::from(b.data()));
-                }
-                _ if label.is_none() && LABEL_COLUMNS.contains(&name.as_str()) => {
-                    label = match field {
-                        Field::Long(v) => usize::try_from(*v).ok(),
-                        Field::Int(v) => usize::try_from(*v).ok(),
-                        Field::Short(v) => usize::try_from(*v).ok(),
-                        Field::ULong(v) => Some(*v as usize),
-                        Field::UInt(v) => Some(*v as usize),
-                        _ => None,
-                    };
-                }
-                _ => {}
+                    }),
+                    Field::Bytes(b) => Some(Arc::<[u8]>::from(b.data())),
+                    _ => None,
+                };
+            } else if *name == label_column {
+                label = match field {
+                    Field::Long(v) => usize::try_from(*v).ok(),
+                    Field::Int(v) => usize::try_from(*v).ok(),
+                    Field::Short(v) => usize::try_from(*v).ok(),
+                    Field::Byte(v) => usize::try_from(*v).ok(),
+                    Field::ULong(v) => usize::try_from(*v).ok(),
+                    Field::UInt(v) => usize::try_from(*v).ok(),
+                    Field::UShort(v) => Some(usize::from(*v)),
+                    Field::UByte(v) => Some(usize::from(*v)),
+                    _ => None,
+                };
             }
         }
         match (bytes, label) {
@@ -159,29 +180,58 @@ pub fn read_file(path: &Path, names: &mut Option<Vec<String>>) -> Result<Vec<Ima
                 source: ImageSource::Encoded(bytes),
                 label,
             }),
-            (None, _) if samples.is_empty() && unreadable == 0 => {
-                return Err(TrainError::malformed(
-                    path,
-                    "no image column (a struct with a `bytes` field, as Hugging Face datasets \
-                     store images)",
-                ));
-            }
-            (_, None) if samples.is_empty() && unreadable == 0 => {
-                return Err(TrainError::malformed(
-                    path,
-                    format!("no integer label column (looked for {LABEL_COLUMNS:?})"),
-                ));
-            }
-            _ => unreadable += 1,
+            _ => skipped += 1,
         }
     }
-    if unreadable > 0 {
-        eprintln!(
-            "{}: {unreadable} rows without an image or label skipped",
-            path.display()
-        );
+    Ok((samples, skipped))
+}
+
+/// The image column and the label column of a file's schema.
+fn find_columns(path: &Path, schema: &SchemaDescriptor) -> Result<(String, String)> {
+    let leaves: Vec<(&[String], PhysicalType)> = schema
+        .columns()
+        .iter()
+        .map(|column| (column.path().parts(), column.physical_type()))
+        .collect();
+    let image = leaves.iter().find_map(|(parts, kind)| match parts {
+        [column, field] if field == "bytes" && *kind == PhysicalType::BYTE_ARRAY => {
+            Some(column.clone())
+        }
+        [column] if column == "image" && *kind == PhysicalType::BYTE_ARRAY => Some(column.clone()),
+        _ => None,
+    });
+    let label = LABEL_COLUMNS.iter().find(|name| {
+        leaves.iter().any(|(parts, kind)| {
+            parts.len() == 1
+                && parts[0] == **name
+                && matches!(kind, PhysicalType::INT32 | PhysicalType::INT64)
+        })
+    });
+    let columns = || {
+        leaves
+            .iter()
+            .map(|(parts, kind)| format!("{} ({kind:?})", parts.join(".")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match (image, label) {
+        (Some(image), Some(label)) => Ok((image, label.to_string())),
+        (None, _) => Err(TrainError::malformed(
+            path,
+            format!(
+                "no image column (a struct with a binary `bytes` field, as Hugging Face datasets \
+                 store images, or a binary `image` column); the file has columns {}",
+                columns()
+            ),
+        )),
+        (_, None) => Err(TrainError::malformed(
+            path,
+            format!(
+                "no integer label column (looked for {LABEL_COLUMNS:?}); the file has columns {}",
+                columns()
+            ),
+        )),
     }
-    Ok(samples)
 }
 
 /// The `ClassLabel` names of the label column, from the `huggingface` key-value metadata.
