@@ -552,7 +552,9 @@ fn write_hf_parquet(path: &Path, rows: &[Row]) {
         }",
     )
     .unwrap();
+    // Snappy, as `datasets` writes them.
     let properties = WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
         .set_key_value_metadata(Some(vec![hf_metadata()]))
         .build();
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
