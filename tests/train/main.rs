@@ -1,9 +1,10 @@
 //! Training pipeline tests on tiny models and tiny datasets generated on disk: one test target
 //! (one link of the burn-heavy binary) with a module per area.
 
+mod backend;
+mod classify;
 #[path = "../common/mod.rs"]
 mod common;
-mod classify;
 
 use std::path::{Path, PathBuf};
 
@@ -101,4 +102,3 @@ pub fn adapter_values(
         .chain(common::values(model.classifier.base.weight.val()))
         .collect()
 }
-
