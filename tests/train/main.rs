@@ -1,6 +1,7 @@
 //! Training pipeline tests on tiny models and tiny datasets generated on disk: one test target
 //! (one link of the burn-heavy binary) with a module per area.
 
+mod backend;
 mod classify;
 mod cli;
 #[path = "../common/mod.rs"]
