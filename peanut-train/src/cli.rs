@@ -12,6 +12,7 @@ use peanut_models::{AdaptableModel, Vit, VitLoadOptions};
 use crate::backend::{self, Selected, TrainBackend};
 use crate::data::{self, ImageBatcher, Normalization, SampleRef, Transform};
 use crate::error::{Result, TrainError};
+use crate::hub::{self, HubOptions};
 use crate::schedule::Decay;
 use crate::train::{self, AdapterOptions, ImageTrainConfig, Method, RunOptions};
 
@@ -61,12 +62,14 @@ impl AdapterArgs {
 #[derive(Args, Debug, Clone)]
 pub struct TrainImageArgs {
     /// Dataset directory: Stanford Cars (devkit/torchvision or Kaggle layout), Hugging Face
-    /// parquet files, or an ImageFolder with `train/` and `test/` (or `val/`); detected.
+    /// parquet files, or an ImageFolder with `train/` and `test/` (or `val/`); detected. Or a
+    /// Hugging Face dataset id (`Multimodal-Fatima/StanfordCars_train` brings `_test` along),
+    /// read from the Hugging Face cache or downloaded into it.
     #[arg(long)]
     pub data_dir: PathBuf,
-    /// Pretrained ViT: a directory with transformers' `config.json` and `model.safetensors`
-    /// (for example a download of google/vit-base-patch16-224-in21k).
-    #[arg(long)]
+    /// Pretrained ViT: a directory with transformers' `config.json` and `model.safetensors`, or
+    /// a Hugging Face id (`org/name[@revision]`), read from the cache or downloaded into it.
+    #[arg(long, default_value = hub::VIT_B16_IN21K)]
     pub model: PathBuf,
     /// Run directory: checkpoints, `run.json`, metrics, and the exported adapter in `export/`.
     #[arg(long, default_value = "runs/peanut")]
@@ -146,10 +149,10 @@ impl TrainImageArgs {
 /// Options of `peanut eval image`.
 #[derive(Args, Debug, Clone)]
 pub struct EvalImageArgs {
-    /// Dataset directory (as for `train image`); its test split is evaluated.
+    /// Dataset directory or hub id (as for `train image`); its test split is evaluated.
     #[arg(long)]
     pub data_dir: PathBuf,
-    /// The base ViT directory (`config.json` + safetensors).
+    /// The base ViT: a directory (`config.json` + safetensors) or a Hugging Face id.
     #[arg(long)]
     pub model: PathBuf,
     /// An export directory written by `train image` (`peanut/` or `peft/`, `head.safetensors`).
@@ -166,7 +169,7 @@ pub struct EvalImageArgs {
 /// Options of `peanut predict image`.
 #[derive(Args, Debug, Clone)]
 pub struct PredictImageArgs {
-    /// The base ViT directory.
+    /// The base ViT: a directory or a Hugging Face id.
     #[arg(long)]
     pub model: PathBuf,
     /// An export directory written by `train image`.
@@ -186,7 +189,7 @@ pub struct PredictImageArgs {
 /// Options of `peanut merge`.
 #[derive(Args, Debug, Clone)]
 pub struct MergeArgs {
-    /// The base ViT directory.
+    /// The base ViT: a directory or a Hugging Face id.
     #[arg(long)]
     pub model: PathBuf,
     /// An export directory written by `train image`.
@@ -223,7 +226,7 @@ pub struct ConvertArgs {
 /// Options of `peanut info`.
 #[derive(Args, Debug, Clone)]
 pub struct InfoArgs {
-    /// The ViT directory.
+    /// The ViT: a directory or a Hugging Face id.
     #[arg(long)]
     pub model: PathBuf,
     /// The adapters whose trainable parameters to count.
@@ -234,21 +237,22 @@ pub struct InfoArgs {
     pub num_labels: Option<usize>,
 }
 
+/// Every `--model` argument goes through here: a directory, or a hub id (cache or download).
 fn load_vit(
-    dir: &Path,
+    model: &Path,
     num_labels: Option<usize>,
     image_size: Option<u32>,
     seed: u64,
 ) -> Result<Vit<TrainBackend>> {
+    let dir = &hub::resolve_model(model, &HubOptions::from_env())?;
     if !dir.is_dir() {
         return Err(TrainError::io(
-            "model directory not found",
+            "not a model directory",
             dir,
             std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "pass a directory holding transformers' config.json and model.safetensors \
-                 (download google/vit-base-patch16-224-in21k with `huggingface-cli download` on a \
-                 machine with network access)",
+                std::io::ErrorKind::NotADirectory,
+                "pass a directory holding transformers' config.json and model.safetensors, or a \
+                 Hugging Face id such as google/vit-base-patch16-224-in21k",
             ),
         ));
     }
@@ -264,11 +268,33 @@ fn load_vit(
     Ok(model)
 }
 
+/// Every `--data-dir` argument goes through here: a directory, or a hub id (cache or download).
+fn read_dataset(data_dir: &Path) -> Result<data::ImageDataset> {
+    data::detect(&hub::resolve_dataset(data_dir, &HubOptions::from_env())?)
+}
+
 /// `peanut train image`.
 pub fn train_image(args: TrainImageArgs) -> Result<()> {
+    train_image_run(args).map(|_| ())
+}
+
+/// What a finished `train image` run reports.
+#[derive(Debug, Clone)]
+pub struct TrainImageOutcome {
+    /// Accuracy and loss on the test split.
+    pub test: train::EvalReport,
+    /// Trainable parameter count.
+    pub trainable_params: usize,
+    /// The export directory (adapters, head, labels).
+    pub export_dir: PathBuf,
+}
+
+/// `peanut train image`, returning the test accuracies and the export directory (for callers
+/// such as `examples/cars.rs`).
+pub fn train_image_run(args: TrainImageArgs) -> Result<TrainImageOutcome> {
     let config = args.config();
     config.validate()?;
-    let data = data::detect(&args.data_dir)?;
+    let data = read_dataset(&args.data_dir)?;
     println!(
         "{:?} dataset at {}: {} classes, {} train / {} test images ({} + {} unreadable, skipped)",
         data.layout,
@@ -320,7 +346,11 @@ pub fn train_image(args: TrainImageArgs) -> Result<()> {
         model.save_merged(&merged)?;
         println!("wrote {}", merged.display());
     }
-    Ok(())
+    Ok(TrainImageOutcome {
+        test: report,
+        trainable_params: trained.trainable_params,
+        export_dir,
+    })
 }
 
 fn write_labels(dir: &Path, classes: &[String]) -> Result<()> {
@@ -411,7 +441,7 @@ fn inference_model(
 
 /// `peanut eval image`.
 pub fn eval_image(args: EvalImageArgs) -> Result<()> {
-    let data = data::detect(&args.data_dir)?;
+    let data = read_dataset(&args.data_dir)?;
     let (model, _) = inference_model(&args.model, args.adapter.as_deref(), args.image_size)?;
     if model.config.num_labels != data.classes.len() {
         return Err(TrainError::InvalidOption {
