@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod classify;
+mod hub;
 
 use std::path::{Path, PathBuf};
 
