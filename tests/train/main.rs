@@ -1,9 +1,9 @@
 //! Training pipeline tests on tiny models and tiny datasets generated on disk: one test target
 //! (one link of the burn-heavy binary) with a module per area.
 
+mod classify;
 #[path = "../common/mod.rs"]
 mod common;
-mod classify;
 mod hub;
 
 use std::path::{Path, PathBuf};
@@ -102,4 +102,3 @@ pub fn adapter_values(
         .chain(common::values(model.classifier.base.weight.val()))
         .collect()
 }
-
