@@ -12,7 +12,7 @@
 //! prints the final accuracies. The backend is the cargo feature: `ndarray` (default), `wgpu` or
 //! `cuda`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Command, FromArgMatches};
@@ -72,7 +72,7 @@ fn main() -> ExitCode {
             eprintln!("error: {error}\n\n{WHERE_TO_GET}");
             ExitCode::FAILURE
         }
-        Err(TrainError::HubId { arg, reason }) if PathBuf::from(&arg) == data_dir => {
+        Err(TrainError::HubId { arg, reason }) if Path::new(&arg) == data_dir.as_path() => {
             eprintln!("error: --data-dir `{arg}`: {reason}.\n\n{WHERE_TO_GET}");
             ExitCode::FAILURE
         }

@@ -129,7 +129,8 @@ pub enum TrainError {
          not in the cache `{cache}` and could not be downloaded: {reason}. To supply it: on a \
          machine with network access run `{command}` and copy the cache it fills (by default \
          ~/.cache/huggingface/hub) into `{cache}` or point HF_HUB_CACHE at it; or download the \
-         files anywhere (`{command} --local-dir DIR`) and pass DIR instead of the id"
+         files anywhere (`{command} --local-dir DIR`) and pass DIR instead of the id",
+        command = crate::hub::download_command(.repo, .kind)
     )]
     HubUnavailable {
         /// The hub id (`org/name`, with `@revision` unless `main`).
@@ -140,8 +141,6 @@ pub enum TrainError {
         file: String,
         /// The cache that was searched and downloaded into.
         cache: PathBuf,
-        /// The Hugging Face CLI command that downloads the repository.
-        command: String,
         /// Why it could not be downloaded.
         reason: String,
     },

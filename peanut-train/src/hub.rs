@@ -144,17 +144,7 @@ impl HubId {
 
     /// The shell command that downloads this repository with Hugging Face's own CLI.
     pub fn download_command(&self, kind: RepoKind) -> String {
-        let mut command = String::from("huggingface-cli download");
-        if kind == RepoKind::Dataset {
-            command.push_str(" --repo-type dataset");
-        }
-        command.push(' ');
-        command.push_str(&self.repo);
-        if self.revision != "main" {
-            command.push_str(" --revision ");
-            command.push_str(&self.revision);
-        }
-        command
+        download_command(&self.display(), kind.name())
     }
 
     fn with_name(&self, name: String) -> Self {
@@ -164,6 +154,25 @@ impl HubId {
             revision: self.revision.clone(),
         }
     }
+}
+
+/// `huggingface-cli download [--repo-type dataset] org/name [--revision rev]` for an id as
+/// [`HubId::display`] writes it and a kind as [`RepoKind::name`] does.
+pub fn download_command(id: &str, kind: &str) -> String {
+    let (repo, revision) = match id.split_once('@') {
+        Some((repo, revision)) => (repo, Some(revision)),
+        None => (id, None),
+    };
+    let mut command = String::from("huggingface-cli download ");
+    if kind == RepoKind::Dataset.name() {
+        command.push_str("--repo-type dataset ");
+    }
+    command.push_str(repo);
+    if let Some(revision) = revision {
+        command.push_str(" --revision ");
+        command.push_str(revision);
+    }
+    command
 }
 
 fn check_id_part(what: &str, part: &str) -> std::result::Result<(), String> {
@@ -521,7 +530,6 @@ fn unavailable(
         kind: kind.name(),
         file: file.to_string(),
         cache: options.cache_dir.clone(),
-        command: id.download_command(kind),
         reason: reason.into(),
     }
 }
