@@ -15,6 +15,7 @@ use peanut_models::{AdaptableModel, Vit, VitLoadOptions};
 use crate::backend::{self, Selected, TrainBackend};
 use crate::data::{self, ImageBatcher, Normalization, SampleRef, Transform};
 use crate::error::{Result, TrainError};
+use crate::hub::{self, HubOptions};
 use crate::schedule::Decay;
 use crate::train::{self, AdapterOptions, ImageTrainConfig, Method, RunOptions};
 
@@ -183,12 +184,14 @@ impl AdapterArgs {
 #[derive(Args, Debug, Clone)]
 pub struct TrainImageArgs {
     /// Dataset directory: Stanford Cars (devkit/torchvision or Kaggle layout), Hugging Face
-    /// parquet files, or an ImageFolder with `train/` and `test/` (or `val/`); detected.
+    /// parquet files, or an ImageFolder with `train/` and `test/` (or `val/`); detected. Or a
+    /// Hugging Face dataset id (`Multimodal-Fatima/StanfordCars_train` brings `_test` along),
+    /// read from the Hugging Face cache or downloaded into it.
     #[arg(long)]
     pub data_dir: PathBuf,
-    /// Pretrained ViT: a directory with transformers' `config.json` and `model.safetensors`
-    /// (for example a download of google/vit-base-patch16-224-in21k).
-    #[arg(long)]
+    /// Pretrained ViT: a directory with transformers' `config.json` and `model.safetensors`, or
+    /// a Hugging Face id (`org/name[@revision]`), read from the cache or downloaded into it.
+    #[arg(long, default_value = hub::VIT_B16_IN21K)]
     pub model: PathBuf,
     /// Run directory: checkpoints, `run.json`, metrics, and the exported adapter in `export/`.
     #[arg(long, default_value = "runs/peanut")]
@@ -268,10 +271,10 @@ impl TrainImageArgs {
 /// Options of `peanut eval image`.
 #[derive(Args, Debug, Clone)]
 pub struct EvalImageArgs {
-    /// Dataset directory (as for `train image`); its test split is evaluated.
+    /// Dataset directory or hub id (as for `train image`); its test split is evaluated.
     #[arg(long)]
     pub data_dir: PathBuf,
-    /// The base ViT directory (`config.json` + safetensors).
+    /// The base ViT: a directory (`config.json` + safetensors) or a Hugging Face id.
     #[arg(long)]
     pub model: PathBuf,
     /// An export directory written by `train image` (`peanut/` or `peft/`, `head.safetensors`).
@@ -288,7 +291,7 @@ pub struct EvalImageArgs {
 /// Options of `peanut predict image`.
 #[derive(Args, Debug, Clone)]
 pub struct PredictImageArgs {
-    /// The base ViT directory.
+    /// The base ViT: a directory or a Hugging Face id.
     #[arg(long)]
     pub model: PathBuf,
     /// An export directory written by `train image`.
@@ -308,7 +311,7 @@ pub struct PredictImageArgs {
 /// Options of `peanut merge`.
 #[derive(Args, Debug, Clone)]
 pub struct MergeArgs {
-    /// The base ViT directory.
+    /// The base ViT: a directory or a Hugging Face id.
     #[arg(long)]
     pub model: PathBuf,
     /// An export directory written by `train image`.
@@ -349,7 +352,7 @@ pub struct ConvertArgs {
 /// Options of `peanut info`.
 #[derive(Args, Debug, Clone)]
 pub struct InfoArgs {
-    /// The ViT directory.
+    /// The ViT: a directory or a Hugging Face id.
     #[arg(long)]
     pub model: PathBuf,
     /// The adapters whose trainable parameters to count.
@@ -358,6 +361,14 @@ pub struct InfoArgs {
     /// Number of classes of the head.
     #[arg(long)]
     pub num_labels: Option<usize>,
+}
+
+/// A `--model` argument as a directory: a local path, or a Hugging Face id taken from the cache
+/// or downloaded ([`hub::resolve_model`]); `hint` says what the directory should hold.
+fn resolve_model_dir(model: &Path, hint: &str) -> Result<PathBuf> {
+    let dir = hub::resolve_model(model, &HubOptions::from_env())?;
+    require_model_dir(&dir, hint)?;
+    Ok(dir)
 }
 
 /// An error unless `dir` is a directory; `hint` says what it should hold.
@@ -372,18 +383,25 @@ fn require_model_dir(dir: &Path, hint: &str) -> Result<()> {
     ))
 }
 
+/// Every `--model` argument goes through here: a directory, or a hub id (cache or download).
 fn load_vit(
-    dir: &Path,
+    model: &Path,
     num_labels: Option<usize>,
     image_size: Option<u32>,
     seed: u64,
 ) -> Result<Vit<TrainBackend>> {
-    require_model_dir(
-        dir,
-        "pass a directory holding transformers' config.json and model.safetensors (download \
-         google/vit-base-patch16-224-in21k with `huggingface-cli download` on a machine with \
-         network access)",
-    )?;
+    let dir = &hub::resolve_model(model, &HubOptions::from_env())?;
+    if !dir.is_dir() {
+        return Err(TrainError::io(
+            "not a model directory",
+            dir,
+            std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                "pass a directory holding transformers' config.json and model.safetensors, or a \
+                 Hugging Face id such as google/vit-base-patch16-224-in21k",
+            ),
+        ));
+    }
     let options = VitLoadOptions {
         num_labels,
         image_size: image_size.map(|s| s as usize),
@@ -396,11 +414,33 @@ fn load_vit(
     Ok(model)
 }
 
+/// Every `--data-dir` argument goes through here: a directory, or a hub id (cache or download).
+fn read_dataset(data_dir: &Path) -> Result<data::ImageDataset> {
+    data::detect(&hub::resolve_dataset(data_dir, &HubOptions::from_env())?)
+}
+
 /// `peanut train image`.
 pub fn train_image(args: TrainImageArgs) -> Result<()> {
+    train_image_run(args).map(|_| ())
+}
+
+/// What a finished `train image` run reports.
+#[derive(Debug, Clone)]
+pub struct TrainImageOutcome {
+    /// Accuracy and loss on the test split.
+    pub test: train::EvalReport,
+    /// Trainable parameter count.
+    pub trainable_params: usize,
+    /// The export directory (adapters, head, labels).
+    pub export_dir: PathBuf,
+}
+
+/// `peanut train image`, returning the test accuracies and the export directory (for callers
+/// such as `examples/cars.rs`).
+pub fn train_image_run(args: TrainImageArgs) -> Result<TrainImageOutcome> {
     let config = args.config();
     config.validate()?;
-    let data = data::detect(&args.data_dir)?;
+    let data = read_dataset(&args.data_dir)?;
     println!(
         "{:?} dataset at {}: {} classes, {} train / {} test images ({} + {} unreadable, skipped)",
         data.layout,
@@ -452,7 +492,11 @@ pub fn train_image(args: TrainImageArgs) -> Result<()> {
         model.save_merged(&merged)?;
         println!("wrote {}", merged.display());
     }
-    Ok(())
+    Ok(TrainImageOutcome {
+        test: report,
+        trainable_params: trained.trainable_params,
+        export_dir,
+    })
 }
 
 fn write_labels(dir: &Path, classes: &[String]) -> Result<()> {
@@ -565,7 +609,7 @@ fn inference_model(
 /// `peanut eval image`: accuracy and loss on the dataset's test split ([`run`] prints it as
 /// JSON).
 pub fn eval_image(args: EvalImageArgs) -> Result<train::EvalReport> {
-    let data = data::detect(&args.data_dir)?;
+    let data = read_dataset(&args.data_dir)?;
     let (model, _) = inference_model(&args.model, args.adapter.as_deref(), Some(args.image_size))?;
     if model.config.num_labels != data.classes.len() {
         return Err(TrainError::InvalidOption {

@@ -138,18 +138,37 @@ pub enum TrainError {
         reason: String,
     },
 
-    /// A model or dataset file is neither on disk nor downloadable.
+    /// A `--model` / `--data-dir` argument is neither an existing path nor a hub id.
     #[error(
-        "`{file}` of `{repo}` is not on disk and could not be downloaded ({reason}). Download it \
-         on a machine with network access (e.g. `huggingface-cli download {repo} {file}`) and \
-         pass the local directory instead, or set HF_HOME to a cache that holds it"
+        "`{arg}`: {reason}; pass an existing directory or a Hugging Face id (`org/name` or \
+         `org/name@revision`)"
+    )]
+    HubId {
+        /// The argument as given.
+        arg: String,
+        /// What is wrong with it as a path and as an id.
+        reason: String,
+    },
+
+    /// A file of a hub repository is neither in the cache nor downloadable.
+    #[error(
+        "`{repo}` is no local path, so it was taken as a Hugging Face {kind} id, but `{file}` is \
+         not in the cache `{cache}` and could not be downloaded: {reason}. To supply it: on a \
+         machine with network access run `{command}` and copy the cache it fills (by default \
+         ~/.cache/huggingface/hub) into `{cache}` or point HF_HUB_CACHE at it; or download the \
+         files anywhere (`{command} --local-dir DIR`) and pass DIR instead of the id",
+        command = crate::hub::download_command(.repo, .kind)
     )]
     HubUnavailable {
-        /// The hub repository id.
+        /// The hub id (`org/name`, with `@revision` unless `main`).
         repo: String,
-        /// The file inside it.
+        /// `model` or `dataset`.
+        kind: &'static str,
+        /// The file inside the repository (a pattern such as `*.parquet` for dataset files).
         file: String,
-        /// The download error, in words.
+        /// The cache that was searched and downloaded into.
+        cache: PathBuf,
+        /// Why it could not be downloaded.
         reason: String,
     },
 

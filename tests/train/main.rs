@@ -8,6 +8,7 @@ mod cli;
 mod common;
 #[path = "data.rs"]
 mod datasets;
+mod hub;
 mod lm;
 
 use std::path::{Path, PathBuf};

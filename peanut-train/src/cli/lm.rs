@@ -7,7 +7,7 @@ use clap::Args;
 use peanut_models::llama::{GenerationConfig, Sampling, Tokenizer};
 use peanut_models::{AdaptableModel, Llama};
 
-use super::{AdapterShapeArgs, adapter_dir, require_model_dir};
+use super::{AdapterShapeArgs, adapter_dir, resolve_model_dir};
 use crate::backend::{self, Selected, TrainBackend};
 use crate::data::instruct::{self, Instruction, Task};
 use crate::error::{Result, TrainError};
@@ -15,7 +15,7 @@ use crate::schedule::Decay;
 use crate::train::lm::{self as lm_train, LmEvalReport, LmTrainConfig};
 use crate::train::{Method, RunOptions};
 
-const MODEL_HINT: &str = "pass a local directory holding transformers' config.json, the \
+const MODEL_HINT: &str = "pass a Hugging Face id or a local directory holding transformers' config.json, the \
      safetensors weights and tokenizer.json of a LlamaForCausalLM or Qwen2ForCausalLM model \
      (download it with `huggingface-cli download` on a machine with network access)";
 
@@ -222,7 +222,7 @@ fn copy_tokenizer(model: &Path, dir: &Path) -> Result<()> {
 /// The base model with `adapter` (an adapter or export directory) loaded and merged, and its
 /// tokenizer.
 fn inference_llama(model: &Path, adapter: Option<&Path>) -> Result<(Llama<Selected>, Tokenizer)> {
-    require_model_dir(model, MODEL_HINT)?;
+    let model = &resolve_model_dir(model, MODEL_HINT)?;
     let tokenizer = load_tokenizer(model)?;
     let mut llama = Llama::<Selected>::from_pretrained(model, &backend::device())?;
     if let Some(dir) = adapter {
@@ -236,10 +236,10 @@ fn inference_llama(model: &Path, adapter: Option<&Path>) -> Result<(Llama<Select
 pub fn train_lm(args: TrainLmArgs) -> Result<()> {
     let config = args.config();
     config.validate()?;
-    require_model_dir(&args.model, MODEL_HINT)?;
-    let tokenizer = load_tokenizer(&args.model)?;
+    let model_dir = resolve_model_dir(&args.model, MODEL_HINT)?;
+    let tokenizer = load_tokenizer(&model_dir)?;
     let device = backend::device();
-    let model = Llama::<TrainBackend>::from_pretrained(&args.model, &device)?;
+    let model = Llama::<TrainBackend>::from_pretrained(&model_dir, &device)?;
     let data =
         lm_train::load_instructions(&args.data, &tokenizer, model.config.eos_token_id, &config)?;
     println!(
@@ -262,7 +262,7 @@ pub fn train_lm(args: TrainLmArgs) -> Result<()> {
     let export_dir = args.output_dir.join("export");
     for path in lm_train::export_lm(&trained.model, &export_dir, args.model.to_str())? {
         if config.method == Method::Full {
-            copy_tokenizer(&args.model, &path)?;
+            copy_tokenizer(&model_dir, &path)?;
         }
         println!("wrote {}", path.display());
     }
@@ -271,7 +271,7 @@ pub fn train_lm(args: TrainLmArgs) -> Result<()> {
         model.merge_adapters();
         let merged = args.output_dir.join("merged");
         model.save_merged(&merged)?;
-        copy_tokenizer(&args.model, &merged)?;
+        copy_tokenizer(&model_dir, &merged)?;
         println!("wrote {}", merged.display());
     }
     Ok(())
