@@ -416,6 +416,10 @@ fn load_vit(
 
 /// Every `--data-dir` argument goes through here: a directory, or a hub id (cache or download).
 fn read_dataset(data_dir: &Path) -> Result<data::ImageDataset> {
+    if !data_dir.exists() && hub::parse_arg(data_dir).is_err() {
+        // Neither a path nor a hub id: detection's error names the path and every layout.
+        return data::detect(data_dir);
+    }
     data::detect(&hub::resolve_dataset(data_dir, &HubOptions::from_env())?)
 }
 

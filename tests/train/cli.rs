@@ -341,7 +341,7 @@ fn bad_command_lines_name_the_problem() {
 
     let err = failure(&["info", "--model", missing]);
     assert!(
-        err.contains("model directory not found") && err.contains(missing),
+        err.contains("no such file or directory") && err.contains(missing),
         "{err}"
     );
     let err = train(data_dir, missing, &[]);
