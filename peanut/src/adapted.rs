@@ -105,7 +105,26 @@ impl<B: Backend> AdaptedLinear<B> {
     /// # Shapes
     /// - x: `[..., d_input]`
     /// - output: `[..., d_output]`
+    ///
+    /// Leading dimensions are folded into rows first, so that `[batch, tokens, d_input]` is one
+    /// `[batch·tokens, d_input]` matrix product rather than `batch` small ones (burn's `linear`
+    /// broadcasts the weight over the batch, and its weight gradient would then be a
+    /// `[batch, d_input, d_output]` tensor summed afterwards).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let mut dims = x.dims();
+        let d_input = dims[D - 1];
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let y = self.forward_rows(x.reshape([rows, d_input]));
+        dims[D - 1] = y.dims()[1];
+        y.reshape(dims)
+    }
+
+    /// [`forward`](Self::forward) on a matrix of rows.
+    ///
+    /// # Shapes
+    /// - x: `[rows, d_input]`
+    /// - output: `[rows, d_output]`
+    fn forward_rows(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         if let Some(merged) = &self.merged_weight {
             return linear(x, merged.clone(), self.bias());
         }

@@ -85,10 +85,9 @@ impl<B: Backend> Llama<B> {
                 Some(cache) if !cache.is_empty() => ids_tensor(&sequence[sequence.len() - 1..]),
                 _ => ids_tensor(&sequence),
             };
-            let logits = self.forward(input, cache.as_mut());
-            let [_, len, vocab] = logits.dims();
+            let logits = self.forward_last(input, cache.as_mut());
+            let [_, vocab] = logits.dims();
             let last: Vec<f32> = logits
-                .narrow(1, len - 1, 1)
                 .reshape([vocab])
                 .into_data()
                 .convert::<f32>()

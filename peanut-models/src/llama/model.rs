@@ -121,6 +121,52 @@ impl<B: Backend> Llama<B> {
     pub fn forward(
         &self,
         input_ids: Tensor<B, 2, Int>,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        let x = self.hidden_states(input_ids, cache);
+        match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => linear(x, self.model.embed_tokens.weight.val().transpose(), None),
+        }
+    }
+
+    /// Logits of the last position only, what generation needs: the output head (a
+    /// `hidden_size × vocab_size` product per position, the largest single matrix of small
+    /// models) runs on one row per sequence instead of all of them.
+    ///
+    /// # Shapes
+    /// - input_ids: `[batch, len]`
+    /// - output: `[batch, vocab_size]`
+    pub fn forward_last(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 2> {
+        let x = self.hidden_states(input_ids, cache);
+        let [batch, len, d] = x.dims();
+        let last = x.narrow(1, len - 1, 1).reshape([batch, d]);
+        match &self.lm_head {
+            Some(head) => head.forward(last),
+            // `E·hᵀ` reads the `[vocab, hidden]` embedding in its stored layout; `h·Eᵀ` would
+            // first copy the transposed embedding (the whole matrix) on some backends.
+            None => self
+                .model
+                .embed_tokens
+                .weight
+                .val()
+                .matmul(last.transpose())
+                .transpose(),
+        }
+    }
+
+    /// The final normalised hidden states (before the output head).
+    ///
+    /// # Shapes
+    /// - input_ids: `[batch, len]`
+    /// - output: `[batch, len, hidden_size]`
+    fn hidden_states(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
         mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
         let [_, len] = input_ids.dims();
@@ -132,11 +178,7 @@ impl<B: Backend> Llama<B> {
             let layer_cache = cache.as_deref_mut().map(|cache| (cache, i));
             x = layer.forward(x, &cos, &sin, layer_cache);
         }
-        let x = self.model.norm.forward(x);
-        match &self.lm_head {
-            Some(head) => head.forward(x),
-            None => linear(x, self.model.embed_tokens.weight.val().transpose(), None),
-        }
+        self.model.norm.forward(x)
     }
 
     /// An empty cache for this model.

@@ -7,6 +7,7 @@ use clap::Parser;
 use peanut_train::cli::{self, Cli};
 
 fn main() -> ExitCode {
+    peanut_train::backend::tune_allocator();
     match cli::run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -1,0 +1,293 @@
+//! One workload of the side-by-side speed comparison with PyTorch + peft
+//! (`benches/compare-pytorch.sh` runs every workload here and in `benches/speed_peer.py`,
+//! each in its own process, and prints the ratios).
+//!
+//! ```sh
+//! cargo run --release --example speed -- vit-train      # or lm-train, generate, vit-infer
+//! ```
+//!
+//! Models are randomly initialised at real shapes (no download). `PEANUT_SPEED_SIZE=small` (the
+//! default, for CPUs): a ViT-S/14 at 112 px (the shape of DINOv2-S in transformers' ViT layout)
+//! and a LLaMA with SmolLM2-135M's shape; `large` (for GPUs, `benches/device-check.sh`): ViT-B/16
+//! at 224 px and a LLaMA with Llama-3.2-1B's shape. The backend is the one the cargo features
+//! select (`--features flex`, `wgpu`, `cuda`). The last line printed is one JSON object: the
+//! workload, its throughput, the cores kept busy and the peak resident memory of this process,
+//! measured the same way as the Python peer does.
+
+use std::time::Instant;
+
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use peanut::{AdapterConfig, PeanutConfig};
+use peanut_models::{AdaptableModel, Llama, LlamaConfig, Targets, Vit, VitConfig};
+use peanut_train::backend::{self, Selected, TrainBackend};
+
+/// Training batch of the ViT workloads (the DINOv2-S protocol of the speed issue).
+const VIT_BATCH: usize = 32;
+/// Labels of the ViT head.
+const VIT_LABELS: usize = 10;
+/// LM training batch: sequences × tokens.
+const LM_BATCH: usize = 4;
+const LM_TOKENS: usize = 128;
+/// Generation: prompt length and tokens generated greedily after it.
+const PROMPT_TOKENS: usize = 64;
+const NEW_TOKENS: usize = 32;
+
+/// `PEANUT_SPEED_SIZE=large` selects the GPU shapes.
+fn large() -> bool {
+    std::env::var("PEANUT_SPEED_SIZE").is_ok_and(|size| size == "large")
+}
+
+fn image_size() -> usize {
+    if large() { 224 } else { 112 }
+}
+
+fn vit_config() -> VitConfig {
+    if large() {
+        VitConfig::vit_base_patch16_224_in21k(VIT_LABELS)
+    } else {
+        VitConfig::new(384, 12, 6, 1536, VIT_LABELS)
+            .with_image_size(112)
+            .with_patch_size(14)
+    }
+}
+
+fn lm_config() -> LlamaConfig {
+    if large() {
+        LlamaConfig::llama3_2_1b()
+    } else {
+        LlamaConfig::new(49152, 576, 1536, 30, 9, 3)
+            .with_rope_theta(100000.0)
+            .with_rms_norm_eps(1e-5)
+            .with_tie_word_embeddings(true)
+            .with_max_position_embeddings(2048)
+    }
+}
+
+/// CPU seconds (user + system) this process has used so far, from `/proc/self/stat`.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after ')'.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Peak resident set size of this process in MiB (`VmHWM`).
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Times `steps` calls of `step` after one warm-up call; returns (seconds per step, cores busy).
+fn timed(steps: usize, mut step: impl FnMut()) -> (f64, f64) {
+    step();
+    let (wall, cpu) = (Instant::now(), cpu_seconds());
+    for _ in 0..steps {
+        step();
+    }
+    let seconds = wall.elapsed().as_secs_f64();
+    (seconds / steps as f64, (cpu_seconds() - cpu) / seconds)
+}
+
+fn report(workload: &str, throughput: f64, unit: &str, cores: f64, extra: &str) {
+    println!(
+        "{{\"stack\": \"peanut-{}\", \"workload\": \"{workload}\", \"throughput\": {throughput:.3}, \
+         \"unit\": \"{unit}\", \"cores\": {cores:.2}, \"peak_rss_mib\": {:.0}{extra}}}",
+        backend::NAME,
+        peak_rss_mib()
+    );
+}
+
+fn peanut_adapter(rank: usize) -> AdapterConfig {
+    PeanutConfig::new(rank).into()
+}
+
+fn vit_train(steps: usize) {
+    let device = backend::device();
+    let mut model: Vit<TrainBackend> = vit_config().init(0, &device).expect("valid config");
+    model
+        .add_adapters(&Targets::vit_qv(), &peanut_adapter(7), 1)
+        .expect("query and value exist");
+    let mut model = model.with_trainable_head(true);
+    let mut optimizer = AdamWConfig::new().init::<TrainBackend, Vit<TrainBackend>>();
+    let images = Tensor::<TrainBackend, 4>::random(
+        [VIT_BATCH, 3, image_size(), image_size()],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let labels: Vec<i64> = (0..VIT_BATCH).map(|i| (i % VIT_LABELS) as i64).collect();
+    let labels =
+        Tensor::<TrainBackend, 1, Int>::from_data(TensorData::new(labels, [VIT_BATCH]), &device);
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let (seconds, cores) = timed(steps, || {
+        let logits = model.forward(images.clone());
+        let loss = loss_fn.forward(logits, labels.clone());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optimizer.step(1e-3, model.clone(), grads);
+        // One read-back per step, as a training loop logging its loss would do.
+        let _ = loss.into_data();
+    });
+    report("vit-train", VIT_BATCH as f64 / seconds, "img/s", cores, "");
+}
+
+fn vit_infer(steps: usize) {
+    let device = backend::device();
+    let mut model: Vit<Selected> = vit_config().init(0, &device).expect("valid config");
+    let adapter: AdapterConfig = PeanutConfig::new(7)
+        .with_b_init(peanut::OutputInit::KaimingUniform)
+        .into();
+    model
+        .add_adapters(&Targets::vit_qv(), &adapter, 1)
+        .expect("query and value exist");
+    model.merge_adapters();
+    let images = Tensor::<Selected, 4>::random(
+        [VIT_BATCH, 3, image_size(), image_size()],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let (seconds, cores) = timed(steps, || {
+        let _ = model.forward(images.clone()).into_data();
+    });
+    report("vit-infer", VIT_BATCH as f64 / seconds, "img/s", cores, "");
+}
+
+fn token_ids<B: Backend>(
+    batch: usize,
+    len: usize,
+    vocab: usize,
+    device: &B::Device,
+) -> Tensor<B, 2, Int> {
+    // A fixed pseudo-random sequence (the same on every backend and run).
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let ids: Vec<i64> = (0..batch * len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % vocab as u64) as i64
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(ids, [batch, len]), device)
+}
+
+fn lm_train(steps: usize) {
+    let device = backend::device();
+    let config = lm_config();
+    let vocab = config.vocab_size;
+    let mut model: Llama<TrainBackend> = config.init(0, &device).expect("valid config");
+    model
+        .add_adapters(&Targets::llama_qkv_up_down(), &peanut_adapter(8), 1)
+        .expect("q, k, v, up, down exist");
+    let mut optimizer = AdamWConfig::new().init::<TrainBackend, Llama<TrainBackend>>();
+    let ids = token_ids::<TrainBackend>(LM_BATCH, LM_TOKENS + 1, vocab, &device);
+    let inputs = ids.clone().narrow(1, 0, LM_TOKENS);
+    let targets = ids.narrow(1, 1, LM_TOKENS).reshape([LM_BATCH * LM_TOKENS]);
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let (seconds, cores) = timed(steps, || {
+        let logits = model.forward(inputs.clone(), None);
+        let loss = loss_fn.forward(
+            logits.reshape([LM_BATCH * LM_TOKENS, vocab]),
+            targets.clone(),
+        );
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optimizer.step(3e-4, model.clone(), grads);
+        let _ = loss.into_data();
+    });
+    report(
+        "lm-train",
+        LM_BATCH as f64 / seconds,
+        "seq/s",
+        cores,
+        &format!(
+            ", \"tokens_per_s\": {:.1}",
+            (LM_BATCH * LM_TOKENS) as f64 / seconds
+        ),
+    );
+}
+
+fn generate(repeats: usize) {
+    let device = backend::device();
+    let config = lm_config();
+    let vocab = config.vocab_size;
+    let mut model: Llama<Selected> = config.init(0, &device).expect("valid config");
+    let adapter: AdapterConfig = PeanutConfig::new(8)
+        .with_b_init(peanut::OutputInit::KaimingUniform)
+        .into();
+    model
+        .add_adapters(&Targets::llama_qkv_up_down(), &adapter, 1)
+        .expect("q, k, v, up, down exist");
+    // As `peanut generate` and `eval lm` do (and peft's `merge_and_unload` on the other side).
+    model.merge_adapters();
+    let prompt = token_ids::<Selected>(1, PROMPT_TOKENS, vocab, &device);
+    let (mut prefill, mut decode) = (0.0, 0.0);
+    let (mut wall, mut cpu) = (Instant::now(), cpu_seconds());
+    // Round 0 warms up and is not counted.
+    for round in 0..=repeats {
+        if round == 1 {
+            (wall, cpu) = (Instant::now(), cpu_seconds());
+        }
+        let start = Instant::now();
+        let mut cache = model.new_cache();
+        let logits = model.forward_last(prompt.clone(), Some(&mut cache));
+        let mut next = logits.argmax(1);
+        let _ = next.clone().into_data();
+        let after_prefill = Instant::now();
+        for _ in 1..NEW_TOKENS {
+            let logits = model.forward_last(next, Some(&mut cache));
+            next = logits.argmax(1);
+            // Greedy decoding needs the token on the host before the next step.
+            let _ = next.clone().into_data();
+        }
+        if round > 0 {
+            prefill += (after_prefill - start).as_secs_f64();
+            decode += after_prefill.elapsed().as_secs_f64();
+        }
+    }
+    let cores = (cpu_seconds() - cpu) / wall.elapsed().as_secs_f64();
+    let repeats = repeats as f64;
+    let decode_rate = (NEW_TOKENS - 1) as f64 * repeats / decode;
+    report(
+        "generate",
+        decode_rate,
+        "tok/s",
+        cores,
+        &format!(
+            ", \"prefill_tokens_per_s\": {:.1}, \"decode_tokens_per_s\": {decode_rate:.2}",
+            PROMPT_TOKENS as f64 * repeats / prefill
+        ),
+    );
+}
+
+fn main() {
+    backend::tune_allocator();
+    let workload = std::env::args().nth(1).unwrap_or_default();
+    // Optional second argument: timed steps (repeats for `generate`), after one warm-up.
+    let steps: Option<usize> = std::env::args().nth(2).and_then(|s| s.parse().ok());
+    match workload.as_str() {
+        "vit-train" => vit_train(steps.unwrap_or(4).max(1)),
+        "vit-infer" => vit_infer(steps.unwrap_or(4).max(1)),
+        "lm-train" => lm_train(steps.unwrap_or(3).max(1)),
+        "generate" => generate(steps.unwrap_or(2).max(1)),
+        other => {
+            eprintln!(
+                "unknown workload `{other}`: expected vit-train, vit-infer, lm-train or generate \
+                 [steps]"
+            );
+            std::process::exit(2);
+        }
+    }
+}
