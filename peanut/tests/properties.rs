@@ -810,7 +810,17 @@ fn peft_export_refuses_what_peft_cannot_hold() {
     let lora = AdapterConfig::from(LoraConfig::new(2))
         .init::<Cpu>(4, 4, 0, &device())
         .unwrap();
-    let err = io::save_peft(&dir, [("fc".to_string(), &lora)], &SamePaths, None).unwrap_err();
+    let peanut = AdapterConfig::from(PeanutConfig::new(2))
+        .init::<Cpu>(4, 4, 0, &device())
+        .unwrap();
+    // One file holds one method: LoRA beside PEANuT is refused.
+    let err = io::save_peft(
+        &dir,
+        [("fc".to_string(), &lora), ("fd".to_string(), &peanut)],
+        &SamePaths,
+        None,
+    )
+    .unwrap_err();
     assert!(matches!(err, PeanutError::AdapterMismatch { .. }), "{err}");
     let sine = AdapterConfig::from(
         PeanutConfig::new(2).with_activation(Activation::Sine { frequency: 1.0 }),
@@ -837,4 +847,44 @@ fn peft_export_refuses_what_peft_cannot_hold() {
         !dir.join("adapter_config.json").exists(),
         "nothing written on refusal"
     );
+}
+
+#[test]
+fn lora_adapters_round_trip_through_peft_lora_files() {
+    let dir = tempdir("peft-lora");
+    let config = AdapterConfig::from(LoraConfig::new(3).with_alpha(6.0));
+    let mut lora = config.init::<Cpu>(5, 4, 1, &device()).unwrap();
+    if let Adapter::Lora(l) = &mut lora {
+        // A non-zero B, so the update is not trivially zero.
+        l.b = burn::module::Param::from_tensor(l.b.val().add_scalar(0.25));
+    }
+    io::save_peft(&dir, [("fc".to_string(), &lora)], &SamePaths, None).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(json["peft_type"], "LORA");
+    assert_eq!((json["r"].as_u64(), json["lora_alpha"].as_f64()), (Some(3), Some(6.0)));
+    let loaded = io::load_peft::<Cpu>(&dir, &SamePaths, &device()).unwrap();
+    let (Adapter::Lora(a), Adapter::Lora(b)) = (&lora, &loaded["fc"]) else {
+        panic!("LoRA expected")
+    };
+    assert_eq!(a.a.val().into_data(), b.a.val().into_data());
+    assert_eq!(a.b.val().into_data(), b.b.val().into_data());
+    assert_eq!(a.scaling, b.scaling);
+    // rsLoRA scales by alpha / sqrt(r); per-module ranks come from rank_pattern.
+    let mut json = json;
+    json["use_rslora"] = true.into();
+    std::fs::write(dir.join("adapter_config.json"), json.to_string()).unwrap();
+    let Adapter::Lora(rs) = &io::load_peft::<Cpu>(&dir, &SamePaths, &device()).unwrap()["fc"] else {
+        panic!("LoRA expected")
+    };
+    assert!((rs.scaling - 6.0 / 3f64.sqrt()).abs() < 1e-12);
+    json["rank_pattern"] = serde_json::json!({"fc": 2});
+    std::fs::write(dir.join("adapter_config.json"), json.to_string()).unwrap();
+    let err = io::load_peft::<Cpu>(&dir, &SamePaths, &device()).unwrap_err();
+    assert!(matches!(err, PeanutError::ShapeMismatch { .. }), "{err}");
+    json["rank_pattern"] = serde_json::json!({});
+    json["use_dora"] = true.into();
+    std::fs::write(dir.join("adapter_config.json"), json.to_string()).unwrap();
+    let err = io::load_peft::<Cpu>(&dir, &SamePaths, &device()).unwrap_err();
+    assert!(err.to_string().contains("use_dora"), "{err}");
 }
