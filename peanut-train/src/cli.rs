@@ -19,7 +19,7 @@ use crate::train::{self, AdapterOptions, ImageTrainConfig, Method, RunOptions};
 
 pub use infer::{
     AdapterFormat, ConvertArgs, EvalImageArgs, InfoArgs, InfoReport, MergeArgs, ModelFamily,
-    Prediction, PredictImageArgs, ProcessorArgs, RankedLabel, ResampleArg, convert, eval_image,
+    PredictImageArgs, Prediction, ProcessorArgs, RankedLabel, ResampleArg, convert, eval_image,
     info, merge, predict_image,
 };
 use infer::{adapter_dir, write_labels};
@@ -400,6 +400,7 @@ pub fn train_image_run(args: TrainImageArgs) -> Result<TrainImageOutcome> {
     }
     if args.merged {
         let mut model = trained.model;
+        model.config.id2label = Some(data.classes.clone());
         model.merge_adapters();
         let merged = args.output_dir.join("merged");
         model.save_merged(&merged)?;
@@ -411,4 +412,3 @@ pub fn train_image_run(args: TrainImageArgs) -> Result<TrainImageOutcome> {
         export_dir,
     })
 }
-

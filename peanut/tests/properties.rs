@@ -862,7 +862,10 @@ fn lora_adapters_round_trip_through_peft_lora_files() {
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("adapter_config.json")).unwrap()).unwrap();
     assert_eq!(json["peft_type"], "LORA");
-    assert_eq!((json["r"].as_u64(), json["lora_alpha"].as_f64()), (Some(3), Some(6.0)));
+    assert_eq!(
+        (json["r"].as_u64(), json["lora_alpha"].as_f64()),
+        (Some(3), Some(6.0))
+    );
     let loaded = io::load_peft::<Cpu>(&dir, &SamePaths, &device()).unwrap();
     let (Adapter::Lora(a), Adapter::Lora(b)) = (&lora, &loaded["fc"]) else {
         panic!("LoRA expected")
@@ -874,7 +877,8 @@ fn lora_adapters_round_trip_through_peft_lora_files() {
     let mut json = json;
     json["use_rslora"] = true.into();
     std::fs::write(dir.join("adapter_config.json"), json.to_string()).unwrap();
-    let Adapter::Lora(rs) = &io::load_peft::<Cpu>(&dir, &SamePaths, &device()).unwrap()["fc"] else {
+    let Adapter::Lora(rs) = &io::load_peft::<Cpu>(&dir, &SamePaths, &device()).unwrap()["fc"]
+    else {
         panic!("LoRA expected")
     };
     assert!((rs.scaling - 6.0 / 3f64.sqrt()).abs() < 1e-12);

@@ -67,13 +67,13 @@ fn assert_logits(what: &str, predictions: &[cli::Prediction], prefix: &str, tol:
 
 #[test]
 fn a_peft_classifier_adapter_gives_peft_logits_with_only_model_and_adapter() {
-    let predictions = predict(
-        &interop("vit_base"),
-        Some(&interop("vit_peft_cls")),
-        &[],
-    )
-    .unwrap();
-    assert_logits("peft adapter + modules_to_save", &predictions, "peft_cls", 1e-4);
+    let predictions = predict(&interop("vit_base"), Some(&interop("vit_peft_cls")), &[]).unwrap();
+    assert_logits(
+        "peft adapter + modules_to_save",
+        &predictions,
+        "peft_cls",
+        1e-4,
+    );
     // The class names come from the base checkpoint's id2label.
     assert!(
         ["tabby", "beagle", "heron"].contains(&predictions[0].top_k[0].label.as_str()),
@@ -81,13 +81,13 @@ fn a_peft_classifier_adapter_gives_peft_logits_with_only_model_and_adapter() {
         predictions[0].top_k
     );
     // peft's LoRA format, with rsLoRA and a per-module rank.
-    let lora = predict(
-        &interop("vit_base"),
-        Some(&interop("vit_lora_cls")),
-        &[],
-    )
-    .unwrap();
-    assert_logits("peft LoRA adapter + modules_to_save", &lora, "lora_cls", 1e-4);
+    let lora = predict(&interop("vit_base"), Some(&interop("vit_lora_cls")), &[]).unwrap();
+    assert_logits(
+        "peft LoRA adapter + modules_to_save",
+        &lora,
+        "lora_cls",
+        1e-4,
+    );
     // The base model alone gives transformers' base logits (so the head above came from the
     // adapter file, not the checkpoint).
     let base = predict(&interop("vit_base"), None, &[]).unwrap();
@@ -98,8 +98,7 @@ fn a_peft_classifier_adapter_gives_peft_logits_with_only_model_and_adapter() {
 fn imagenet_statistics_and_bicubic_crops_match_transformers_processor() {
     let golden = golden();
     let processor =
-        ImageProcessorConfig::from_file(&interop("vit_imagenet").join(PREPROCESSOR_FILE))
-            .unwrap();
+        ImageProcessorConfig::from_file(&interop("vit_imagenet").join(PREPROCESSOR_FILE)).unwrap();
     let transform = Transform::processor(&processor);
     let normalization = Normalization::from_processor(&processor);
     for name in IMAGES {
@@ -119,7 +118,12 @@ fn imagenet_statistics_and_bicubic_crops_match_transformers_processor() {
         );
     }
     let predictions = predict(&interop("vit_imagenet"), None, &[]).unwrap();
-    assert_logits("ImageNet-normalised checkpoint", &predictions, "imagenet", 1e-4);
+    assert_logits(
+        "ImageNet-normalised checkpoint",
+        &predictions,
+        "imagenet",
+        1e-4,
+    );
     // Overriding the statistics on the command line changes the answer.
     let overridden = predict(
         &interop("vit_imagenet"),
@@ -165,15 +169,30 @@ fn peft_configs_are_checked_against_their_tensors() {
     let model = interop("vit_base");
     let failure = |dir: &Path| predict(&model, Some(dir), &[]).unwrap_err().to_string();
 
-    let dir = copy("targets", &|c| c["target_modules"] = serde_json::json!(["q_proj"]));
+    let dir = copy("targets", &|c| {
+        c["target_modules"] = serde_json::json!(["q_proj"])
+    });
     let err = failure(&dir);
-    assert!(err.contains("v_proj") && err.contains("target_modules"), "{err}");
-    let dir = copy("layers", &|c| c["layers_to_transform"] = serde_json::json!([0]));
+    assert!(
+        err.contains("v_proj") && err.contains("target_modules"),
+        "{err}"
+    );
+    let dir = copy("layers", &|c| {
+        c["layers_to_transform"] = serde_json::json!([0])
+    });
     let err = failure(&dir);
-    assert!(err.contains("block 1") && err.contains("layers_to_transform"), "{err}");
-    let dir = copy("no-save", &|c| c["modules_to_save"] = serde_json::Value::Null);
+    assert!(
+        err.contains("block 1") && err.contains("layers_to_transform"),
+        "{err}"
+    );
+    let dir = copy("no-save", &|c| {
+        c["modules_to_save"] = serde_json::Value::Null
+    });
     let err = failure(&dir);
-    assert!(err.contains("classifier") && err.contains("modules_to_save"), "{err}");
+    assert!(
+        err.contains("classifier") && err.contains("modules_to_save"),
+        "{err}"
+    );
     // A single target name as a string, and the layers it really has, are fine.
     let dir = copy("fine", &|c| {
         c["layers_to_transform"] = serde_json::json!([0, 1]);
@@ -352,10 +371,9 @@ fn our_exports_load_in_peft_and_transformers_with_nothing_copied() {
     let model = interop("vit_base");
     let export = interop("ours_export");
     // Our head went into the peft export as `modules_to_save`.
-    let config: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(export.join("peft/adapter_config.json")).unwrap(),
-    )
-    .unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(export.join("peft/adapter_config.json")).unwrap())
+            .unwrap();
     assert_eq!(config["modules_to_save"], serde_json::json!(["classifier"]));
     let ours = predict(&model, Some(&export), &[]).unwrap();
     assert_logits("our export vs peft on it", &ours, "ours", 1e-4);
@@ -363,12 +381,22 @@ fn our_exports_load_in_peft_and_transformers_with_nothing_copied() {
     let peft_only = predict(&model, Some(&export.join("peft")), &[]).unwrap();
     assert_logits("our peft export alone", &peft_only, "ours", 1e-4);
     let lora = predict(&model, Some(&interop("ours_lora")), &[]).unwrap();
-    assert_logits("our LoRA peft export vs peft on it", &lora, "ours_lora", 1e-4);
+    assert_logits(
+        "our LoRA peft export vs peft on it",
+        &lora,
+        "ours_lora",
+        1e-4,
+    );
     // The merged checkpoint: transformers' logits, our labels in its config.json.
     let merged = interop("ours_merged");
     let predictions = predict(&merged, None, &[]).unwrap();
     assert_logits("our merged checkpoint", &predictions, "ours_merged", 1e-4);
-    assert_logits("our merged checkpoint vs adapters", &predictions, "ours", 1e-4);
+    assert_logits(
+        "our merged checkpoint vs adapters",
+        &predictions,
+        "ours",
+        1e-4,
+    );
     let config = VitConfig::from_hf_file(&merged.join("config.json")).unwrap();
     assert_eq!(
         config.id2label.unwrap(),
@@ -434,16 +462,33 @@ fn llama_adapters_convert_merge_and_info_by_model_type() {
     let model = common::fixture("models/llama");
     let adapter = common::fixture("models/llama_peanut");
     let run = |args: &[&str]| {
-        cli::run(Cli::try_parse_from(std::iter::once("peanut").chain(args.iter().copied())).unwrap())
+        cli::run(
+            Cli::try_parse_from(std::iter::once("peanut").chain(args.iter().copied())).unwrap(),
+        )
     };
     // peft → peanut → peft round trip, naming chosen from the tensors (no --model) and from
     // config.json (--model).
     let native = root.join("native");
     let back = root.join("back");
-    run(&["convert", "--input", text(&adapter), "--output", text(&native), "--to", "peanut"])
-        .unwrap();
     run(&[
-        "convert", "--input", text(&native), "--output", text(&back), "--to", "peft", "--model",
+        "convert",
+        "--input",
+        text(&adapter),
+        "--output",
+        text(&native),
+        "--to",
+        "peanut",
+    ])
+    .unwrap();
+    run(&[
+        "convert",
+        "--input",
+        text(&native),
+        "--output",
+        text(&back),
+        "--to",
+        "peft",
+        "--model",
         text(&model),
     ])
     .unwrap();
@@ -475,8 +520,16 @@ fn llama_adapters_convert_merge_and_info_by_model_type() {
 
     // merge: a LLaMA checkpoint whose plain forward equals the adapted one (transformers' logits).
     let merged = root.join("merged");
-    run(&["merge", "--model", text(&model), "--adapter", text(&adapter), "--output", text(&merged)])
-        .unwrap();
+    run(&[
+        "merge",
+        "--model",
+        text(&model),
+        "--adapter",
+        text(&adapter),
+        "--output",
+        text(&merged),
+    ])
+    .unwrap();
     assert!(merged.join("config.json").is_file());
     let llama = peanut_models::Llama::<common::Cpu>::from_pretrained(&merged, &device).unwrap();
     let (io, _) = common::read_fixture(&common::fixture("models/llama_io.safetensors"));
@@ -494,14 +547,20 @@ fn llama_adapters_convert_merge_and_info_by_model_type() {
     );
 
     // info: LLaMA defaults (q,k,v,up,down at rank 32).
-    let Command::Info(args) =
-        Cli::try_parse_from(["peanut", "info", "--model", text(&model)]).unwrap().command
+    let Command::Info(args) = Cli::try_parse_from(["peanut", "info", "--model", text(&model)])
+        .unwrap()
+        .command
     else {
         unreachable!()
     };
     let report = cli::info(args).unwrap();
     assert_eq!(report.family, cli::ModelFamily::Llama);
     assert_eq!(report.adapted.len(), 2 * 5);
-    assert!(report.adapted.iter().all(|p| p.starts_with("model.layers.")));
+    assert!(
+        report
+            .adapted
+            .iter()
+            .all(|p| p.starts_with("model.layers."))
+    );
     assert!(report.processor.is_none());
 }

@@ -174,7 +174,10 @@ impl VitConfig {
             .map(BTreeMap::len)
             .or(file.num_labels)
             .unwrap_or(2);
-        let id2label = file.id2label.as_ref().and_then(|map| label_names(map, num_labels));
+        let id2label = file
+            .id2label
+            .as_ref()
+            .and_then(|map| label_names(map, num_labels));
         let config = Self::new(
             file.hidden_size,
             file.num_hidden_layers,

@@ -191,8 +191,9 @@ impl ImageProcessorConfig {
         };
         let resample = match file.resample {
             None => Resample::Bilinear,
-            Some(code) => Resample::from_pil(code)
-                .ok_or_else(|| invalid("resample", format!("must be a PIL filter 0–5, got {code}")))?,
+            Some(code) => Resample::from_pil(code).ok_or_else(|| {
+                invalid("resample", format!("must be a PIL filter 0–5, got {code}"))
+            })?,
         };
         let crop_size = match (file.do_center_crop.unwrap_or(false), &file.crop_size) {
             (false, _) => None,
@@ -207,21 +208,19 @@ impl ImageProcessorConfig {
                 }
             },
         };
-        let channels = |value: &Option<serde_json::Value>, field, default: f32| {
-            match value {
-                None => Ok([default; 3]),
-                Some(serde_json::Value::Number(n)) => Ok([n.as_f64().unwrap_or(0.0) as f32; 3]),
-                Some(serde_json::Value::Array(items))
-                    if items.len() == 3 && items.iter().all(serde_json::Value::is_number) =>
-                {
-                    let mut out = [0f32; 3];
-                    for (slot, item) in out.iter_mut().zip(items) {
-                        *slot = item.as_f64().unwrap_or(0.0) as f32;
-                    }
-                    Ok(out)
+        let channels = |value: &Option<serde_json::Value>, field, default: f32| match value {
+            None => Ok([default; 3]),
+            Some(serde_json::Value::Number(n)) => Ok([n.as_f64().unwrap_or(0.0) as f32; 3]),
+            Some(serde_json::Value::Array(items))
+                if items.len() == 3 && items.iter().all(serde_json::Value::is_number) =>
+            {
+                let mut out = [0f32; 3];
+                for (slot, item) in out.iter_mut().zip(items) {
+                    *slot = item.as_f64().unwrap_or(0.0) as f32;
                 }
-                Some(other) => Err(invalid(field, format!("must be 3 numbers, got {other}"))),
+                Ok(out)
             }
+            Some(other) => Err(invalid(field, format!("must be 3 numbers, got {other}"))),
         };
         let do_normalize = file.do_normalize.unwrap_or(true);
         let (image_mean, image_std) = if do_normalize {
@@ -232,7 +231,9 @@ impl ImageProcessorConfig {
         } else {
             ([0.0; 3], [1.0; 3])
         };
-        if image_std.iter().any(|s| *s == 0.0 || !s.is_finite()) || image_mean.iter().any(|m| !m.is_finite()) {
+        if image_std.iter().any(|s| *s == 0.0 || !s.is_finite())
+            || image_mean.iter().any(|m| !m.is_finite())
+        {
             return Err(invalid(
                 "image_std",
                 format!("must be finite and non-zero (mean {image_mean:?}, std {image_std:?})"),
@@ -303,7 +304,9 @@ impl ImageProcessorConfig {
             Resample::Hamming => 5,
         };
         let size = match self.size {
-            ResizeTo::Exact { height, width } => serde_json::json!({"height": height, "width": width}),
+            ResizeTo::Exact { height, width } => {
+                serde_json::json!({"height": height, "width": width})
+            }
             ResizeTo::ShortestEdge(short) => serde_json::json!({"shortest_edge": short}),
         };
         let mut json = serde_json::json!({
@@ -346,7 +349,9 @@ fn parse_size(value: &serde_json::Value) -> Option<ResizeTo> {
         // `shortest_edge` capped by `longest_edge` is not a ViT-style resize.
         return None;
     }
-    get("shortest_edge").and_then(|s| u32::try_from(s).ok()).map(ResizeTo::ShortestEdge)
+    get("shortest_edge")
+        .and_then(|s| u32::try_from(s).ok())
+        .map(ResizeTo::ShortestEdge)
 }
 
 #[derive(Deserialize)]
@@ -368,7 +373,8 @@ mod tests {
     use super::*;
 
     fn write(name: &str, json: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("peanut-preprocess-{}-{name}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("peanut-preprocess-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(PREPROCESSOR_FILE);
         std::fs::write(&path, json).unwrap();
@@ -395,16 +401,28 @@ mod tests {
         assert_eq!(config.size.output_size(375, 500), (256, 341));
         // --image-size 112 halves the resize and the crop.
         let small = config.with_side(112);
-        assert_eq!((small.size, small.crop_size), (ResizeTo::ShortestEdge(128), Some((112, 112))));
+        assert_eq!(
+            (small.size, small.crop_size),
+            (ResizeTo::ShortestEdge(128), Some((112, 112)))
+        );
     }
 
     #[test]
     fn defaults_flags_and_errors() {
         let path = write("empty", "{}");
-        assert_eq!(ImageProcessorConfig::from_file(&path).unwrap(), ImageProcessorConfig::vit(224));
-        let path = write("off", r#"{"do_normalize": false, "do_rescale": false, "size": 32}"#);
+        assert_eq!(
+            ImageProcessorConfig::from_file(&path).unwrap(),
+            ImageProcessorConfig::vit(224)
+        );
+        let path = write(
+            "off",
+            r#"{"do_normalize": false, "do_rescale": false, "size": 32}"#,
+        );
         let config = ImageProcessorConfig::from_file(&path).unwrap();
-        assert_eq!((config.image_mean, config.image_std, config.rescale_factor), ([0.0; 3], [1.0; 3], 1.0));
+        assert_eq!(
+            (config.image_mean, config.image_std, config.rescale_factor),
+            ([0.0; 3], [1.0; 3], 1.0)
+        );
         assert_eq!(config.output_side(), Some(32));
         for (name, json, field) in [
             ("resample", r#"{"resample": 9}"#, "resample"),
@@ -420,9 +438,11 @@ mod tests {
         }
         let err = ImageProcessorConfig::from_file(&write("json", "{")).unwrap_err();
         assert!(matches!(err, ModelError::Json { .. }), "{err}");
-        let (fallback, note) =
-            ImageProcessorConfig::from_model_dir(Path::new("/nonexistent"), ImageProcessorConfig::vit(16))
-                .unwrap();
+        let (fallback, note) = ImageProcessorConfig::from_model_dir(
+            Path::new("/nonexistent"),
+            ImageProcessorConfig::vit(16),
+        )
+        .unwrap();
         assert_eq!(fallback, ImageProcessorConfig::vit(16));
         assert!(note.unwrap().contains(PREPROCESSOR_FILE));
     }

@@ -51,8 +51,8 @@ impl ModelFamily {
     pub fn of_model_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
         let bytes = std::fs::read(&path).map_err(|e| TrainError::io("cannot read", &path, e))?;
-        let config: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|source| TrainError::Json {
+        let config: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|source| TrainError::Json {
                 path: path.clone(),
                 source,
             })?;
@@ -96,7 +96,12 @@ impl ModelFamily {
         .filter_map(|bytes| {
             safetensors::SafeTensors::deserialize(&bytes)
                 .ok()
-                .map(|file| file.names().into_iter().map(str::to_string).collect::<Vec<_>>())
+                .map(|file| {
+                    file.names()
+                        .into_iter()
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
         })
         .flatten()
         .collect::<Vec<_>>();
@@ -396,7 +401,10 @@ pub(crate) fn adapter_dir(dir: &Path) -> PathBuf {
 /// A `peanut/` or `peft/` directory, or adapter weights, without the configuration file beside
 /// them: the adapter would otherwise be skipped without a word.
 fn find_adapter(dir: &Path) -> Result<Option<PathBuf>> {
-    let configs = [peanut::io::native::CONFIG_FILE, peanut::io::peft::CONFIG_FILE];
+    let configs = [
+        peanut::io::native::CONFIG_FILE,
+        peanut::io::peft::CONFIG_FILE,
+    ];
     let weights = [
         peanut::io::native::WEIGHTS_FILE,
         peanut::io::peft::WEIGHTS_FILE,
@@ -417,9 +425,7 @@ fn find_adapter(dir: &Path) -> Result<Option<PathBuf>> {
                         "expected `{}` (peanut format) or `{}` (peft format){}",
                         configs[0],
                         configs[1],
-                        stray
-                            .map(|w| format!(" beside `{w}`"))
-                            .unwrap_or_default()
+                        stray.map(|w| format!(" beside `{w}`")).unwrap_or_default()
                     ),
                 ),
             ));
@@ -774,8 +780,8 @@ pub fn merge(args: MergeArgs) -> Result<()> {
             for name in LM_SIDE_FILES {
                 let from = dir.join(name);
                 if from.is_file() {
-                    let bytes =
-                        std::fs::read(&from).map_err(|e| TrainError::io("cannot read", &from, e))?;
+                    let bytes = std::fs::read(&from)
+                        .map_err(|e| TrainError::io("cannot read", &from, e))?;
                     peanut_models::checkpoint::write_atomic(&args.output.join(name), &bytes)?;
                 }
             }

@@ -199,10 +199,7 @@ fn resize_nearest(image: &RgbImage, width: u32, height: u32) -> RgbImage {
         (((out as f64 + 0.5) * scale) as u32).min(in_size - 1)
     };
     RgbImage::from_fn(width, height, |x, y| {
-        *image.get_pixel(
-            source(x, width, in_width),
-            source(y, height, in_height),
-        )
+        *image.get_pixel(source(x, width, in_width), source(y, height, in_height))
     })
 }
 

@@ -288,7 +288,10 @@ pub fn export_adapters<B: Backend, M: AdaptableModel<B>>(
         .map_err(|e| TrainError::malformed(&native, e.to_string()))?;
     written.push(native);
     // peft holds one method per file: PEANuT (`PEANUT`) or LoRA (`LORA`).
-    if adapters.iter().all(|(_, a)| a.method() == adapters[0].1.method()) {
+    if adapters
+        .iter()
+        .all(|(_, a)| a.method() == adapters[0].1.method())
+    {
         let peft = dir.join("peft");
         model
             .save_adapters_peft(&peft, base_model)

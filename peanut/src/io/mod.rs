@@ -180,7 +180,8 @@ pub fn attach_saved<'a, B: Backend>(
                     });
                 }
             };
-            if tensor.shape != expected || tensor.values.len() != expected.iter().product::<usize>() {
+            if tensor.shape != expected || tensor.values.len() != expected.iter().product::<usize>()
+            {
                 return Err(PeanutError::ShapeMismatch {
                     key: format!("{path}.{param}"),
                     expected,

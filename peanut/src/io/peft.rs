@@ -207,7 +207,9 @@ fn method_of(file: &PeftConfigFile, path: &Path) -> Result<PeftMethod> {
         }
         "LORA" => {
             if file.use_dora == Some(true) {
-                return Err(unsupported("use_dora: DoRA adapters are not implemented".into()));
+                return Err(unsupported(
+                    "use_dora: DoRA adapters are not implemented".into(),
+                ));
             }
             if file.fan_in_fan_out == Some(true) {
                 return Err(unsupported(
@@ -648,8 +650,8 @@ pub fn save_peft<'a, B: Backend>(
             }
         }
     }
-    let config = shared
-        .unwrap_or_else(|| crate::config::AdapterConfig::Peanut(PeanutConfig::new(1)));
+    let config =
+        shared.unwrap_or_else(|| crate::config::AdapterConfig::Peanut(PeanutConfig::new(1)));
     let mut file = PeftConfigFile {
         peft_type: "PEANUT".into(),
         r: 1,
