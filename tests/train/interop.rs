@@ -270,6 +270,110 @@ fn nan_adapters_and_heads_are_refused_naming_the_tensor() {
     .to_string();
     assert!(err.contains(poisoned), "{err}");
     assert!(!merged.join("model.safetensors").exists());
+
+    // A good merge there first: the refused one leaves it byte for byte, with no stray files.
+    let merge = |adapter: &Path| {
+        cli::run(
+            Cli::try_parse_from([
+                "peanut",
+                "merge",
+                "--model",
+                text(&interop("vit_base")),
+                "--adapter",
+                text(adapter),
+                "--output",
+                text(&merged),
+            ])
+            .unwrap(),
+        )
+    };
+    merge(&interop("vit_peft_cls")).unwrap();
+    let good = std::fs::read(merged.join("model.safetensors")).unwrap();
+    assert!(merge(&dir).is_err());
+    assert_eq!(
+        std::fs::read(merged.join("model.safetensors")).unwrap(),
+        good
+    );
+    let mut files: Vec<String> = std::fs::read_dir(&merged)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "config.json",
+            "model.safetensors",
+            "preprocessor_config.json"
+        ]
+    );
+
+    // Finite adapters whose merged weight overflows: refused at the write, naming the tensor.
+    let huge = root.join("huge");
+    std::fs::create_dir_all(&huge).unwrap();
+    std::fs::copy(
+        source.join("adapter_config.json"),
+        huge.join("adapter_config.json"),
+    )
+    .unwrap();
+    let owned: Vec<(String, Vec<usize>, Vec<u8>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let mut data = view.data().to_vec();
+            if name.contains(".peanut_") {
+                // Every adapter value ±1e20: the merged update overflows f32.
+                data = data
+                    .chunks_exact(4)
+                    .flat_map(|b| {
+                        let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                        (1e20f32.copysign(v)).to_le_bytes()
+                    })
+                    .collect();
+            }
+            (name, view.shape().to_vec(), data)
+        })
+        .collect();
+    let views = owned.iter().map(|(name, shape, data)| {
+        let view =
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data);
+        (name.clone(), view.unwrap())
+    });
+    std::fs::write(
+        huge.join("adapter_model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
+    let err = merge(&huge).unwrap_err().to_string();
+    assert!(
+        err.contains("non-finite") && err.contains("vit.encoder.layer."),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(merged.join("model.safetensors")).unwrap(),
+        good
+    );
+
+    // A NaN in the head file of an export: named too.
+    let export = root.join("export");
+    std::fs::create_dir_all(&export).unwrap();
+    let weight: Vec<u8> = (0..3 * 16)
+        .flat_map(|i| if i == 7 { f32::INFINITY } else { 0.1 }.to_le_bytes())
+        .collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![3, 16], &weight)
+        .unwrap();
+    std::fs::write(
+        export.join("head.safetensors"),
+        safetensors::serialize([("classifier.weight", view)], None).unwrap(),
+    )
+    .unwrap();
+    let err = predict(&interop("vit_base"), Some(&export), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("classifier.weight") && err.contains("inf"),
+        "{err}"
+    );
 }
 
 /// Writes a fresh `train image` export and its `peanut merge` on `vit_base` into `dir`.
@@ -563,4 +667,18 @@ fn llama_adapters_convert_merge_and_info_by_model_type() {
             .all(|p| p.starts_with("model.layers."))
     );
     assert!(report.processor.is_none());
+
+    // info on a ViT shows how its images are prepared.
+    let Command::Info(args) =
+        Cli::try_parse_from(["peanut", "info", "--model", text(&interop("vit_imagenet"))])
+            .unwrap()
+            .command
+    else {
+        unreachable!()
+    };
+    let report = cli::info(args).unwrap();
+    assert_eq!(report.family, cli::ModelFamily::Vit);
+    let processor = report.processor.clone().unwrap();
+    assert_eq!(processor.crop_size, Some((24, 24)));
+    assert!(report.to_string().contains("0.485"), "{report}");
 }
