@@ -892,3 +892,55 @@ fn lora_adapters_round_trip_through_peft_lora_files() {
     let err = io::load_peft::<Cpu>(&dir, &SamePaths, &device()).unwrap_err();
     assert!(err.to_string().contains("use_dora"), "{err}");
 }
+
+#[test]
+fn modules_saved_whole_are_read_in_both_key_spellings() {
+    let dir = tempdir("peft-saved");
+    let mut config = serde_json::json!({"peft_type": "PEANUT", "r": 2, "depth": 0,
+        "act_fn": "relu", "target_modules": ["fc"], "modules_to_save": ["head"]});
+    let adapter = [
+        ("base_model.model.fc.peanut_A.weight", vec![2, 5]),
+        ("base_model.model.fc.peanut_B.weight", vec![5, 2]),
+    ];
+    // As save_pretrained writes it, and as a live PeftModel's state dict spells it.
+    let mut tensors = adapter.to_vec();
+    tensors.push(("base_model.model.head.weight", vec![3, 5]));
+    tensors.push((
+        "base_model.model.head.modules_to_save.default.bias",
+        vec![3],
+    ));
+    write_peft(&dir, config.clone(), &tensors);
+    let loaded = io::load_peft_with_saved::<Cpu>(&dir, &SamePaths, &device()).unwrap();
+    assert_eq!(loaded.adapters.len(), 1);
+    let head = &loaded.saved["head"];
+    assert_eq!(head.params["weight"].shape, [3, 5]);
+    assert_eq!(head.params["bias"].shape, [3]);
+    // load_peft alone still loads the adapters.
+    assert_eq!(
+        io::load_peft::<Cpu>(&dir, &SamePaths, &device())
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Not listed in modules_to_save, or peft's frozen original copy: unexpected keys.
+    config["modules_to_save"] = serde_json::Value::Null;
+    write_peft(&dir, config.clone(), &tensors);
+    let err = io::load_peft_with_saved::<Cpu>(&dir, &SamePaths, &device()).unwrap_err();
+    assert!(
+        matches!(&err, PeanutError::UnexpectedKey { key, .. } if key.contains("head")),
+        "{err}"
+    );
+    config["modules_to_save"] = serde_json::json!(["head"]);
+    let mut original = adapter.to_vec();
+    original.push(("base_model.model.head.original_module.weight", vec![3, 5]));
+    write_peft(&dir, config.clone(), &original);
+    let err = io::load_peft_with_saved::<Cpu>(&dir, &SamePaths, &device()).unwrap_err();
+    assert!(err.to_string().contains("original_module"), "{err}");
+
+    // A module outside target_modules is refused, naming it.
+    config["target_modules"] = serde_json::json!(["other"]);
+    write_peft(&dir, config, &tensors);
+    let err = io::load_peft_with_saved::<Cpu>(&dir, &SamePaths, &device()).unwrap_err();
+    assert!(err.to_string().contains("`fc`"), "{err}");
+}
