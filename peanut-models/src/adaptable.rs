@@ -70,7 +70,9 @@ pub trait AdaptableModel<B: Backend>: Module<B> + Sized {
 
     /// Loads an adapter directory — this crate's format or peft's (`adapter_config.json`, with
     /// module names as transformers spells them today or as older versions did) — onto the
-    /// model, replacing adapters on the layers it covers. Returns the adapted paths.
+    /// model, replacing adapters on the layers it covers. Linear modules a peft file saved
+    /// whole (`modules_to_save`, such as the classifier head) replace those layers' base
+    /// weights. Returns the adapted paths.
     fn load_adapters(&mut self, dir: &Path) -> Result<Vec<String>> {
         let device = self
             .devices()
@@ -78,9 +80,10 @@ pub trait AdaptableModel<B: Backend>: Module<B> + Sized {
             .next()
             .expect("a model has parameters");
         let paths = self.peft_paths();
-        let adapters = peanut::io::load_any::<B>(dir, paths.as_ref(), &device)?;
+        let (adapters, saved) = peanut::io::load_any_with_saved::<B>(dir, paths.as_ref(), &device)?;
         let names = adapters.keys().cloned().collect();
         peanut::io::attach(self.linears_mut(), adapters)?;
+        peanut::io::attach_saved(self.linears_mut(), &saved)?;
         Ok(names)
     }
 

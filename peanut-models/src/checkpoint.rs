@@ -218,17 +218,33 @@ pub type TensorMap = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
 /// Writes `dir/model.safetensors` (f32, `{"format": "pt"}` metadata, as transformers expects)
 /// and `dir/config.json`.
+///
+/// Each file is written crash-safely — a temporary file in `dir`, flushed to disk, then
+/// renamed over the old one — weights first, so an interrupted write leaves the previous
+/// checkpoint intact, never a truncated one.
+///
+/// # Errors
+/// A tensor holding NaN or an infinity (nothing is written; the error names the key), or an
+/// I/O error naming the file.
 pub fn write_checkpoint(dir: &Path, tensors: &TensorMap, config: &serde_json::Value) -> Result<()> {
-    let io = |action, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ModelError::Io {
-            action,
-            path,
-            source,
-        }
-    };
-    fs::create_dir_all(dir).map_err(io("cannot create", dir))?;
     let weights_path = dir.join(WEIGHTS_FILE);
+    if let Some((key, value)) = tensors.iter().find_map(|(key, (_, values))| {
+        values
+            .iter()
+            .find(|v| !v.is_finite())
+            .map(|v| (key.clone(), *v))
+    }) {
+        return Err(ModelError::NonFinite {
+            path: weights_path,
+            key,
+            value,
+        });
+    }
+    fs::create_dir_all(dir).map_err(|source| ModelError::Io {
+        action: "cannot create",
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|(key, (shape, values))| {
@@ -250,8 +266,35 @@ pub fn write_checkpoint(dir: &Path, tensors: &TensorMap, config: &serde_json::Va
             path: weights_path.clone(),
             source,
         })?;
-    fs::write(&weights_path, serialized).map_err(io("cannot write", &weights_path))?;
-    let config_path = dir.join(CONFIG_FILE);
+    write_atomic(&weights_path, &serialized)?;
     let json = serde_json::to_vec_pretty(config).expect("JSON values serialize");
-    fs::write(&config_path, json).map_err(io("cannot write", &config_path))
+    write_atomic(&dir.join(CONFIG_FILE), &json)
+}
+
+/// Writes `bytes` to `path` crash-safely: a temporary file beside it, flushed to disk, renamed
+/// over `path`, then the directory flushed so the rename itself survives a power cut.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let written = (|| {
+        let mut file = fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        if let Ok(dir) = fs::File::open(dir) {
+            // Not every platform can sync a directory; the rename is done either way.
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    })();
+    written.map_err(|source| {
+        let _ = fs::remove_file(&tmp);
+        ModelError::Io {
+            action: "cannot write",
+            path: path.to_path_buf(),
+            source,
+        }
+    })
 }

@@ -21,6 +21,17 @@ pub enum ModelError {
         source: std::io::Error,
     },
 
+    /// A tensor holds NaN or an infinity.
+    #[error("tensor `{key}` of `{path}` holds a non-finite value ({value})")]
+    NonFinite {
+        /// The file read or about to be written.
+        path: PathBuf,
+        /// The tensor's key.
+        key: String,
+        /// The first non-finite value found.
+        value: f32,
+    },
+
     /// A JSON file did not parse or lacks a required field.
     #[error("malformed JSON in `{path}`: {source}")]
     Json {

@@ -2,23 +2,27 @@
 //! each subcommand does ([`run`]). The binary (`src/bin/peanut.rs`) only parses and calls
 //! [`run`], so tests can call the same functions.
 
+mod infer;
 mod lm;
 
 use std::path::{Path, PathBuf};
 
-use burn::module::{AutodiffModule, Module, Param};
-use burn::tensor::{Tensor, TensorData};
 use clap::{Args, Parser, Subcommand};
-use peanut_models::vit::VitPeftPaths;
 use peanut_models::{AdaptableModel, Vit, VitLoadOptions};
 
-use crate::backend::{self, Selected, TrainBackend};
-use crate::data::{self, ImageBatcher, Normalization, SampleRef, Transform};
+use crate::backend::{self, TrainBackend};
+use crate::data::{self, Normalization};
 use crate::error::{Result, TrainError};
 use crate::hub::{self, HubOptions};
 use crate::schedule::Decay;
 use crate::train::{self, AdapterOptions, ImageTrainConfig, Method, RunOptions};
 
+pub use infer::{
+    AdapterFormat, ConvertArgs, EvalImageArgs, InfoArgs, InfoReport, MergeArgs, ModelFamily,
+    PredictImageArgs, Prediction, ProcessorArgs, RankedLabel, ResampleArg, convert, eval_image,
+    info, merge, predict_image,
+};
+use infer::{adapter_dir, write_labels};
 pub use lm::{
     EvalLmArgs, GenerateArgs, LmAdapterArgs, TrainLmArgs, eval_lm, generate, generate_text,
     train_lm,
@@ -268,101 +272,6 @@ impl TrainImageArgs {
     }
 }
 
-/// Options of `peanut eval image`.
-#[derive(Args, Debug, Clone)]
-pub struct EvalImageArgs {
-    /// Dataset directory or hub id (as for `train image`); its test split is evaluated.
-    #[arg(long)]
-    pub data_dir: PathBuf,
-    /// The base ViT: a directory (`config.json` + safetensors) or a Hugging Face id.
-    #[arg(long)]
-    pub model: PathBuf,
-    /// An export directory written by `train image` (`peanut/` or `peft/`, `head.safetensors`).
-    #[arg(long)]
-    pub adapter: Option<PathBuf>,
-    /// Input side in pixels.
-    #[arg(long, default_value_t = 224)]
-    pub image_size: u32,
-    /// Images per batch.
-    #[arg(long, default_value_t = 64)]
-    pub batch_size: usize,
-}
-
-/// Options of `peanut predict image`.
-#[derive(Args, Debug, Clone)]
-pub struct PredictImageArgs {
-    /// The base ViT: a directory or a Hugging Face id.
-    #[arg(long)]
-    pub model: PathBuf,
-    /// An export directory written by `train image`.
-    #[arg(long)]
-    pub adapter: Option<PathBuf>,
-    /// How many labels to report per image.
-    #[arg(long, default_value_t = 5)]
-    pub top_k: usize,
-    /// Input side in pixels.
-    #[arg(long, default_value_t = 224)]
-    pub image_size: u32,
-    /// Image files (JPEG or PNG).
-    #[arg(required = true)]
-    pub images: Vec<PathBuf>,
-}
-
-/// Options of `peanut merge`.
-#[derive(Args, Debug, Clone)]
-pub struct MergeArgs {
-    /// The base ViT: a directory or a Hugging Face id.
-    #[arg(long)]
-    pub model: PathBuf,
-    /// An export directory written by `train image`.
-    #[arg(long)]
-    pub adapter: PathBuf,
-    /// Where the merged transformers checkpoint goes.
-    #[arg(long)]
-    pub output: PathBuf,
-    /// Input side in pixels the adapters were trained at (`train image --image-size`); the
-    /// merged checkpoint is written at this size. Default: the base checkpoint's.
-    #[arg(long)]
-    pub image_size: Option<u32>,
-}
-
-/// Target format of `peanut convert`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum AdapterFormat {
-    /// This workspace's format (`peanut_config.json`).
-    Peanut,
-    /// Hugging Face peft's format (`adapter_config.json`).
-    Peft,
-}
-
-/// Options of `peanut convert`.
-#[derive(Args, Debug, Clone)]
-pub struct ConvertArgs {
-    /// Adapter directory in either format (detected).
-    #[arg(long)]
-    pub input: PathBuf,
-    /// Output directory.
-    #[arg(long)]
-    pub output: PathBuf,
-    /// Format to write.
-    #[arg(long, value_enum)]
-    pub to: AdapterFormat,
-}
-
-/// Options of `peanut info`.
-#[derive(Args, Debug, Clone)]
-pub struct InfoArgs {
-    /// The ViT: a directory or a Hugging Face id.
-    #[arg(long)]
-    pub model: PathBuf,
-    /// The adapters whose trainable parameters to count.
-    #[command(flatten)]
-    pub adapter: AdapterArgs,
-    /// Number of classes of the head.
-    #[arg(long)]
-    pub num_labels: Option<usize>,
-}
-
 /// A `--model` argument as a directory: a local path, or a Hugging Face id taken from the cache
 /// or downloaded ([`hub::resolve_model`]); `hint` says what the directory should hold.
 fn resolve_model_dir(model: &Path, hint: &str) -> Result<PathBuf> {
@@ -491,6 +400,7 @@ pub fn train_image_run(args: TrainImageArgs) -> Result<TrainImageOutcome> {
     }
     if args.merged {
         let mut model = trained.model;
+        model.config.id2label = Some(data.classes.clone());
         model.merge_adapters();
         let merged = args.output_dir.join("merged");
         model.save_merged(&merged)?;
@@ -500,332 +410,5 @@ pub fn train_image_run(args: TrainImageArgs) -> Result<TrainImageOutcome> {
         test: report,
         trainable_params: trained.trainable_params,
         export_dir,
-    })
-}
-
-fn write_labels(dir: &Path, classes: &[String]) -> Result<()> {
-    let path = dir.join("labels.json");
-    let json = serde_json::to_vec_pretty(classes).expect("labels serialize");
-    std::fs::write(&path, json).map_err(|e| TrainError::io("cannot write", &path, e))
-}
-
-fn read_labels(dir: &Path) -> Result<Option<Vec<String>>> {
-    let path = dir.join("labels.json");
-    if !path.is_file() {
-        return Ok(None);
-    }
-    let bytes = std::fs::read(&path).map_err(|e| TrainError::io("cannot read", &path, e))?;
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|source| TrainError::Json { path, source })
-}
-
-/// The adapter directory of an export directory (`peanut/`, else `peft/`), or `dir` itself.
-fn adapter_dir(dir: &Path) -> PathBuf {
-    ["peanut", "peft"]
-        .iter()
-        .map(|d| dir.join(d))
-        .find(|d| d.is_dir())
-        .unwrap_or_else(|| dir.to_path_buf())
-}
-
-/// Loads an export directory (adapter in either format + `head.safetensors`) onto `model`.
-///
-/// # Errors
-/// `dir` holds neither an adapter nor a head (a wrong path must not quietly evaluate the base
-/// model), or what it holds does not load.
-fn apply_export(mut model: Vit<Selected>, dir: &Path) -> Result<Vit<Selected>> {
-    let adapter_dir = adapter_dir(dir);
-    let has_adapter = peanut::io::detect_format(&adapter_dir).is_ok();
-    if has_adapter {
-        model.load_adapters(&adapter_dir)?;
-    }
-    let head = dir.join("head.safetensors");
-    if head.is_file() {
-        model = load_head(model, &head)?;
-    } else if !has_adapter {
-        return Err(TrainError::io(
-            "no adapter found in",
-            dir,
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "pass the `export` directory of a `train image` run (`peanut/` or `peft/`, \
-                 `head.safetensors`) or an adapter directory",
-            ),
-        ));
-    }
-    Ok(model)
-}
-
-fn load_head(mut model: Vit<Selected>, path: &Path) -> Result<Vit<Selected>> {
-    let bytes = std::fs::read(path).map_err(|e| TrainError::io("cannot read", path, e))?;
-    let file = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| TrainError::malformed(path, e.to_string()))?;
-    let device = backend::device();
-    let read = |key: &str| -> Result<(Vec<usize>, Vec<f32>)> {
-        let view = file
-            .tensor(key)
-            .map_err(|_| TrainError::malformed(path, format!("no tensor `{key}`")))?;
-        let values = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        Ok((view.shape().to_vec(), values))
-    };
-    let (shape, weight) = read("classifier.weight")?;
-    let expected = [model.config.num_labels, model.config.hidden_size];
-    if shape != expected {
-        return Err(TrainError::malformed(
-            path,
-            format!("`classifier.weight` has shape {shape:?}, the model needs {expected:?}"),
-        ));
-    }
-    let weight =
-        Tensor::<Selected, 2>::from_data(TensorData::new(weight, [shape[0], shape[1]]), &device);
-    model.classifier.base.weight = Param::from_tensor(weight.transpose());
-    if let Ok((bias_shape, bias)) = read("classifier.bias") {
-        let bias =
-            Tensor::<Selected, 1>::from_data(TensorData::new(bias, [bias_shape[0]]), &device);
-        model.classifier.base.bias = Some(Param::from_tensor(bias));
-    }
-    Ok(model)
-}
-
-/// The base model with an export applied; `image_size` `None` keeps the checkpoint's.
-fn inference_model(
-    model: &Path,
-    adapter: Option<&Path>,
-    image_size: Option<u32>,
-) -> Result<(Vit<Selected>, Option<Vec<String>>)> {
-    let labels = match adapter {
-        Some(dir) => read_labels(dir)?,
-        None => None,
-    };
-    let vit = load_vit(model, labels.as_ref().map(Vec::len), image_size, 0)?.valid();
-    let vit = match adapter {
-        Some(dir) => apply_export(vit, dir)?,
-        None => vit,
-    };
-    Ok((vit, labels))
-}
-
-/// `peanut eval image`: accuracy and loss on the dataset's test split ([`run`] prints it as
-/// JSON).
-pub fn eval_image(args: EvalImageArgs) -> Result<train::EvalReport> {
-    let data = read_dataset(&args.data_dir)?;
-    let (model, _) = inference_model(&args.model, args.adapter.as_deref(), Some(args.image_size))?;
-    if model.config.num_labels != data.classes.len() {
-        return Err(TrainError::InvalidOption {
-            option: "--adapter",
-            reason: format!(
-                "the model has {} classes, the dataset {}; pass the export directory of a run on \
-                 this dataset",
-                model.config.num_labels,
-                data.classes.len()
-            ),
-        });
-    }
-    Ok(train::evaluate(
-        &model,
-        &data.test,
-        args.image_size,
-        Normalization::VIT,
-        args.batch_size,
-        &backend::device(),
-    ))
-}
-
-/// One image's prediction: the top-k classes and every logit.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Prediction {
-    /// The image file.
-    pub image: PathBuf,
-    /// The `--top-k` best classes, best first.
-    pub top_k: Vec<RankedLabel>,
-    /// One logit per class.
-    pub logits: Vec<f32>,
-}
-
-/// A class of a [`Prediction`].
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RankedLabel {
-    /// Class index.
-    pub index: usize,
-    /// Class name from the export's `labels.json`, or the index.
-    pub label: String,
-    /// Its logit.
-    pub logit: f32,
-}
-
-/// `peanut predict image`: per image, the top-k labels and the logits ([`run`] prints them as
-/// one JSON array).
-pub fn predict_image(args: PredictImageArgs) -> Result<Vec<Prediction>> {
-    let (model, labels) =
-        inference_model(&args.model, args.adapter.as_deref(), Some(args.image_size))?;
-    let samples: Vec<data::ImageSample> = args
-        .images
-        .iter()
-        .map(|path| {
-            if path.is_file() {
-                Ok(data::ImageSample {
-                    source: data::ImageSource::File(path.clone()),
-                    label: 0,
-                })
-            } else {
-                Err(TrainError::io(
-                    "cannot read",
-                    path,
-                    std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-                ))
-            }
-        })
-        .collect::<Result<_>>()?;
-    let batcher = ImageBatcher::new(
-        samples.into(),
-        Transform::eval(args.image_size),
-        Normalization::VIT,
-        model.config.num_channels,
-        0,
-    );
-    let device = backend::device();
-    let mut results = Vec::new();
-    for (index, path) in args.images.iter().enumerate() {
-        let loaded = batcher.load_all(&[SampleRef { index, pass: 0 }]);
-        if loaded.is_empty() {
-            return Err(TrainError::malformed(
-                path,
-                "is not a readable JPEG or PNG image",
-            ));
-        }
-        let batch = batcher.stack::<Selected>(loaded, &device);
-        let logits: Vec<f32> = model
-            .forward(batch.images)
-            .into_data()
-            .convert::<f32>()
-            .into_vec()
-            .unwrap_or_default();
-        let mut order: Vec<usize> = (0..logits.len()).collect();
-        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-        let top_k = order
-            .iter()
-            .take(args.top_k)
-            .map(|&index| RankedLabel {
-                index,
-                label: labels
-                    .as_ref()
-                    .and_then(|l| l.get(index).cloned())
-                    .unwrap_or(index.to_string()),
-                logit: logits[index],
-            })
-            .collect();
-        results.push(Prediction {
-            image: path.clone(),
-            top_k,
-            logits,
-        });
-    }
-    Ok(results)
-}
-
-/// `peanut merge`.
-pub fn merge(args: MergeArgs) -> Result<()> {
-    let (mut model, _) = inference_model(&args.model, Some(&args.adapter), args.image_size)?;
-    model.merge_adapters();
-    model.save_merged(&args.output)?;
-    println!("wrote {}", args.output.display());
-    Ok(())
-}
-
-/// `peanut convert`.
-pub fn convert(args: ConvertArgs) -> Result<()> {
-    let device = backend::device();
-    let adapters = peanut::io::load_any::<Selected>(&args.input, &VitPeftPaths, &device)?;
-    match args.to {
-        AdapterFormat::Peanut => {
-            peanut::io::save(&args.output, adapters.iter().map(|(k, v)| (k.clone(), v)))?
-        }
-        AdapterFormat::Peft => peanut::io::save_peft(
-            &args.output,
-            adapters.iter().map(|(k, v)| (k.clone(), v)),
-            &VitPeftPaths,
-            None,
-        )?,
-    }
-    println!(
-        "wrote {} adapters to {}",
-        adapters.len(),
-        args.output.display()
-    );
-    Ok(())
-}
-
-/// What `peanut info` reports.
-#[derive(Debug, Clone, PartialEq)]
-pub struct InfoReport {
-    /// The backend the binary was built with.
-    pub backend: &'static str,
-    /// Every adaptable linear of the model, by path.
-    pub linears: Vec<String>,
-    /// The linears the options put adapters on.
-    pub adapted: Vec<String>,
-    /// Parameters of the model before adapters are added.
-    pub total_params: usize,
-    /// Of those, the ones `--method` trains.
-    pub trainable_params: usize,
-    /// The method counted.
-    pub method: Method,
-}
-
-impl InfoReport {
-    /// Trainable parameters as a percentage of the total.
-    pub fn trainable_percent(&self) -> f64 {
-        100.0 * self.trainable_params as f64 / self.total_params.max(1) as f64
-    }
-}
-
-impl std::fmt::Display for InfoReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "backend: {}", self.backend)?;
-        writeln!(f, "linears: {}", self.linears.len())?;
-        writeln!(
-            f,
-            "adapted ({}): {}",
-            self.adapted.len(),
-            self.adapted.join(", ")
-        )?;
-        write!(
-            f,
-            "parameters: {} total, {} trainable ({:.4}%) with --method {}",
-            self.total_params,
-            self.trainable_params,
-            self.trainable_percent(),
-            self.method.name()
-        )
-    }
-}
-
-/// `peanut info`: the model's linears, the ones the adapter options select, and parameter
-/// counts ([`run`] prints them).
-pub fn info(args: InfoArgs) -> Result<InfoReport> {
-    let model = load_vit(&args.model, args.num_labels, None, 0)?;
-    let total = model.num_params();
-    let config = ImageTrainConfig {
-        method: args.adapter.method,
-        adapter: args.adapter.options(),
-        targets: args.adapter.targets.clone(),
-        layers: args.adapter.layers.clone(),
-        ..ImageTrainConfig::default()
-    };
-    let linears: Vec<String> = model.linear_sites().into_iter().map(|s| s.path).collect();
-    let (prepared, trainable) = train::prepare_model(model, &config)?;
-    let adapted: Vec<String> = prepared.adapters().into_iter().map(|(p, _)| p).collect();
-    Ok(InfoReport {
-        backend: backend::NAME,
-        linears,
-        adapted,
-        total_params: total,
-        trainable_params: trainable,
-        method: args.adapter.method,
     })
 }

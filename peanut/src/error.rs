@@ -99,6 +99,17 @@ pub enum PeanutError {
         dtype: String,
     },
 
+    /// A tensor read from a file holds NaN or an infinity.
+    #[error("tensor `{key}` in `{path}` holds a non-finite value ({value})")]
+    NonFinite {
+        /// The file.
+        path: PathBuf,
+        /// The key of the tensor.
+        key: String,
+        /// The first non-finite value found.
+        value: f32,
+    },
+
     /// An adapter file describes something this crate does not implement.
     #[error("`{path}`: {reason}")]
     Unsupported {

@@ -810,7 +810,17 @@ fn peft_export_refuses_what_peft_cannot_hold() {
     let lora = AdapterConfig::from(LoraConfig::new(2))
         .init::<Cpu>(4, 4, 0, &device())
         .unwrap();
-    let err = io::save_peft(&dir, [("fc".to_string(), &lora)], &SamePaths, None).unwrap_err();
+    let peanut = AdapterConfig::from(PeanutConfig::new(2))
+        .init::<Cpu>(4, 4, 0, &device())
+        .unwrap();
+    // One file holds one method: LoRA beside PEANuT is refused.
+    let err = io::save_peft(
+        &dir,
+        [("fc".to_string(), &lora), ("fd".to_string(), &peanut)],
+        &SamePaths,
+        None,
+    )
+    .unwrap_err();
     assert!(matches!(err, PeanutError::AdapterMismatch { .. }), "{err}");
     let sine = AdapterConfig::from(
         PeanutConfig::new(2).with_activation(Activation::Sine { frequency: 1.0 }),
@@ -837,4 +847,100 @@ fn peft_export_refuses_what_peft_cannot_hold() {
         !dir.join("adapter_config.json").exists(),
         "nothing written on refusal"
     );
+}
+
+#[test]
+fn lora_adapters_round_trip_through_peft_lora_files() {
+    let dir = tempdir("peft-lora");
+    let config = AdapterConfig::from(LoraConfig::new(3).with_alpha(6.0));
+    let mut lora = config.init::<Cpu>(5, 4, 1, &device()).unwrap();
+    if let Adapter::Lora(l) = &mut lora {
+        // A non-zero B, so the update is not trivially zero.
+        l.b = burn::module::Param::from_tensor(l.b.val().add_scalar(0.25));
+    }
+    io::save_peft(&dir, [("fc".to_string(), &lora)], &SamePaths, None).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(json["peft_type"], "LORA");
+    assert_eq!(
+        (json["r"].as_u64(), json["lora_alpha"].as_f64()),
+        (Some(3), Some(6.0))
+    );
+    let loaded = io::load_peft::<Cpu>(&dir, &SamePaths, &device()).unwrap();
+    let (Adapter::Lora(a), Adapter::Lora(b)) = (&lora, &loaded["fc"]) else {
+        panic!("LoRA expected")
+    };
+    assert_eq!(a.a.val().into_data(), b.a.val().into_data());
+    assert_eq!(a.b.val().into_data(), b.b.val().into_data());
+    assert_eq!(a.scaling, b.scaling);
+    // rsLoRA scales by alpha / sqrt(r); per-module ranks come from rank_pattern.
+    let mut json = json;
+    json["use_rslora"] = true.into();
+    std::fs::write(dir.join("adapter_config.json"), json.to_string()).unwrap();
+    let Adapter::Lora(rs) = &io::load_peft::<Cpu>(&dir, &SamePaths, &device()).unwrap()["fc"]
+    else {
+        panic!("LoRA expected")
+    };
+    assert!((rs.scaling - 6.0 / 3f64.sqrt()).abs() < 1e-12);
+    json["rank_pattern"] = serde_json::json!({"fc": 2});
+    std::fs::write(dir.join("adapter_config.json"), json.to_string()).unwrap();
+    let err = io::load_peft::<Cpu>(&dir, &SamePaths, &device()).unwrap_err();
+    assert!(matches!(err, PeanutError::ShapeMismatch { .. }), "{err}");
+    json["rank_pattern"] = serde_json::json!({});
+    json["use_dora"] = true.into();
+    std::fs::write(dir.join("adapter_config.json"), json.to_string()).unwrap();
+    let err = io::load_peft::<Cpu>(&dir, &SamePaths, &device()).unwrap_err();
+    assert!(err.to_string().contains("use_dora"), "{err}");
+}
+
+#[test]
+fn modules_saved_whole_are_read_in_both_key_spellings() {
+    let dir = tempdir("peft-saved");
+    let mut config = serde_json::json!({"peft_type": "PEANUT", "r": 2, "depth": 0,
+        "act_fn": "relu", "target_modules": ["fc"], "modules_to_save": ["head"]});
+    let adapter = [
+        ("base_model.model.fc.peanut_A.weight", vec![2, 5]),
+        ("base_model.model.fc.peanut_B.weight", vec![5, 2]),
+    ];
+    // As save_pretrained writes it, and as a live PeftModel's state dict spells it.
+    let mut tensors = adapter.to_vec();
+    tensors.push(("base_model.model.head.weight", vec![3, 5]));
+    tensors.push((
+        "base_model.model.head.modules_to_save.default.bias",
+        vec![3],
+    ));
+    write_peft(&dir, config.clone(), &tensors);
+    let loaded = io::load_peft_with_saved::<Cpu>(&dir, &SamePaths, &device()).unwrap();
+    assert_eq!(loaded.adapters.len(), 1);
+    let head = &loaded.saved["head"];
+    assert_eq!(head.params["weight"].shape, [3, 5]);
+    assert_eq!(head.params["bias"].shape, [3]);
+    // load_peft alone still loads the adapters.
+    assert_eq!(
+        io::load_peft::<Cpu>(&dir, &SamePaths, &device())
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Not listed in modules_to_save, or peft's frozen original copy: unexpected keys.
+    config["modules_to_save"] = serde_json::Value::Null;
+    write_peft(&dir, config.clone(), &tensors);
+    let err = io::load_peft_with_saved::<Cpu>(&dir, &SamePaths, &device()).unwrap_err();
+    assert!(
+        matches!(&err, PeanutError::UnexpectedKey { key, .. } if key.contains("head")),
+        "{err}"
+    );
+    config["modules_to_save"] = serde_json::json!(["head"]);
+    let mut original = adapter.to_vec();
+    original.push(("base_model.model.head.original_module.weight", vec![3, 5]));
+    write_peft(&dir, config.clone(), &original);
+    let err = io::load_peft_with_saved::<Cpu>(&dir, &SamePaths, &device()).unwrap_err();
+    assert!(err.to_string().contains("original_module"), "{err}");
+
+    // A module outside target_modules is refused, naming it.
+    config["target_modules"] = serde_json::json!(["other"]);
+    write_peft(&dir, config, &tensors);
+    let err = io::load_peft_with_saved::<Cpu>(&dir, &SamePaths, &device()).unwrap_err();
+    assert!(err.to_string().contains("`fc`"), "{err}");
 }

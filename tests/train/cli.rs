@@ -176,6 +176,8 @@ fn train_eval_predict_merge_and_convert_from_the_command_line() {
         assert!(dir.join("config.json").is_file() && dir.join("model.safetensors").is_file());
         let config = VitConfig::from_hf_file(&dir.join("config.json")).unwrap();
         assert_eq!((config.image_size, config.num_labels), (16, 3));
+        // The class names of labels.json, not LABEL_<i>.
+        assert_eq!(config.id2label.as_deref(), Some(&labels[..]));
         common::assert_close(
             "merged",
             &logits(&predict(dir, None, &images)),

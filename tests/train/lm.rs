@@ -612,10 +612,10 @@ fn cli_train_lm_then_eval_and_generate_with_its_export() {
         assert_eq!(train::last_checkpoint(&out), Some(1));
         let (model, adapter) = if method == "lora" {
             assert!(out.join("export/peanut/peanut_config.json").is_file());
-            assert!(
-                !out.join("export/peft").exists(),
-                "peft format is PEANuT-only"
-            );
+            // peft's LoRA format (`"peft_type": "LORA"`) beside ours.
+            let peft = std::fs::read(out.join("export/peft/adapter_config.json")).unwrap();
+            let peft: serde_json::Value = serde_json::from_slice(&peft).unwrap();
+            assert_eq!(peft["peft_type"], "LORA");
             (model_dir.clone(), Some(out.join("export")))
         } else {
             assert!(out.join("export/model/tokenizer.json").is_file());

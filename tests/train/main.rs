@@ -9,6 +9,7 @@ mod common;
 #[path = "data.rs"]
 mod datasets;
 mod hub;
+mod interop;
 mod lm;
 
 use std::path::{Path, PathBuf};

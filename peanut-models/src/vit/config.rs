@@ -45,6 +45,10 @@ pub struct VitConfig {
     /// Whether query, key and value carry biases.
     #[config(default = true)]
     pub qkv_bias: bool,
+    /// Class names by index (`id2label` of `config.json`), when known; `None` writes
+    /// transformers' `LABEL_<i>` names.
+    #[config(default = "None")]
+    pub id2label: Option<Vec<String>>,
 }
 
 impl VitConfig {
@@ -170,6 +174,10 @@ impl VitConfig {
             .map(BTreeMap::len)
             .or(file.num_labels)
             .unwrap_or(2);
+        let id2label = file
+            .id2label
+            .as_ref()
+            .and_then(|map| label_names(map, num_labels));
         let config = Self::new(
             file.hidden_size,
             file.num_hidden_layers,
@@ -182,7 +190,8 @@ impl VitConfig {
         .with_image_size(file.image_size)
         .with_patch_size(file.patch_size)
         .with_num_channels(file.num_channels)
-        .with_qkv_bias(file.qkv_bias);
+        .with_qkv_bias(file.qkv_bias)
+        .with_id2label(id2label);
         config.validate().map_err(|err| match err {
             ModelError::InvalidConfig { field, reason, .. } => ModelError::InvalidConfig {
                 path: Some(path.to_path_buf()),
@@ -197,12 +206,17 @@ impl VitConfig {
     /// The `config.json` transformers needs to load this model as a
     /// `ViTForImageClassification`.
     pub fn to_hf_json(&self) -> serde_json::Value {
+        let name = |i: usize| {
+            self.id2label
+                .as_ref()
+                .filter(|names| names.len() == self.num_labels)
+                .map_or_else(|| format!("LABEL_{i}"), |names| names[i].clone())
+        };
         let id2label: BTreeMap<String, String> = (0..self.num_labels)
-            .map(|i| (i.to_string(), format!("LABEL_{i}")))
+            .map(|i| (i.to_string(), name(i)))
             .collect();
-        let label2id: BTreeMap<String, usize> = (0..self.num_labels)
-            .map(|i| (format!("LABEL_{i}"), i))
-            .collect();
+        let label2id: BTreeMap<String, usize> =
+            (0..self.num_labels).map(|i| (name(i), i)).collect();
         serde_json::json!({
             "architectures": ["ViTForImageClassification"],
             "model_type": "vit",
@@ -223,6 +237,19 @@ impl VitConfig {
             "dtype": "float32",
         })
     }
+}
+
+/// The names of `id2label` in index order, when its keys are exactly `0..num_labels` and the
+/// names are not transformers' placeholders (`LABEL_<i>`).
+fn label_names(map: &BTreeMap<String, String>, num_labels: usize) -> Option<Vec<String>> {
+    let names: Vec<String> = (0..num_labels)
+        .map(|i| map.get(&i.to_string()).cloned())
+        .collect::<Option<_>>()?;
+    let placeholders = names
+        .iter()
+        .enumerate()
+        .all(|(i, name)| *name == format!("LABEL_{i}"));
+    (!placeholders).then_some(names)
 }
 
 #[derive(Deserialize)]

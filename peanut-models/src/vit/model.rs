@@ -175,6 +175,13 @@ impl<B: Backend> Vit<B> {
         if let Some(labels) = options.num_labels {
             config.num_labels = labels;
         }
+        if config
+            .id2label
+            .as_ref()
+            .is_some_and(|names| names.len() != config.num_labels)
+        {
+            config.id2label = None;
+        }
         config.validate()?;
         let head_fits =
             stored_labels.as_deref() == Some(&[config.num_labels, config.hidden_size][..]);
@@ -247,9 +254,23 @@ impl<B: Backend> Vit<B> {
     }
 
     /// Writes the model, adapters merged, as a transformers `ViTForImageClassification`
-    /// checkpoint (`config.json` + `model.safetensors`, f32, the import's keys).
+    /// checkpoint (`config.json` + `model.safetensors`, f32, the import's keys), each file
+    /// replaced atomically; `config.json` names the classes by `config.id2label` when set.
+    ///
+    /// # Errors
+    /// A non-finite merged weight (nothing is written), or an I/O error.
     pub fn save_merged(&self, dir: &Path) -> Result<()> {
         write_checkpoint(dir, &self.merged_tensors(), &self.config.to_hf_json())
+    }
+
+    /// Adds the classifier head to a peft adapter directory written by
+    /// [`AdaptableModel::save_adapters_peft`], as peft's `modules_to_save` (`classifier`), so
+    /// `PeftModel.from_pretrained` on the base checkpoint restores the trained head too.
+    pub fn add_head_to_peft(&self, peft_dir: &Path) -> Result<()> {
+        let head = peanut::io::SavedModule::from_linear(&self.classifier);
+        let modules = std::collections::BTreeMap::from([("classifier".to_string(), head)]);
+        peanut::io::add_modules_to_save(peft_dir, &modules, &VitPeftPaths)?;
+        Ok(())
     }
 }
 

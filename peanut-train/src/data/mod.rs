@@ -13,6 +13,7 @@ pub mod instruct;
 pub mod lm_batch;
 pub mod mat;
 pub mod parquet_images;
+pub mod processor;
 pub mod rng;
 pub mod transform;
 

@@ -47,6 +47,16 @@ pub enum Transform {
         /// Output side in pixels.
         size: u32,
     },
+    /// A transformers image processor's resize (PIL's filters) and center crop
+    /// ([`Transform::processor`]).
+    Processor {
+        /// The resize target, when the processor resizes.
+        resize: Option<peanut_models::vit::ResizeTo>,
+        /// The resize filter.
+        resample: peanut_models::vit::Resample,
+        /// The center crop `(height, width)`, when one is taken.
+        crop: Option<(u32, u32)>,
+    },
 }
 
 impl Transform {
@@ -69,6 +79,12 @@ impl Transform {
     pub fn size(&self) -> u32 {
         match self {
             Self::Train { size, .. } | Self::Eval { size, .. } => *size,
+            Self::Processor { resize, crop, .. } => match (crop, resize) {
+                (Some((height, _)), _) => *height,
+                (None, Some(peanut_models::vit::ResizeTo::Exact { height, .. })) => *height,
+                (None, Some(peanut_models::vit::ResizeTo::ShortestEdge(side))) => *side,
+                (None, None) => 0,
+            },
         }
     }
 
@@ -113,6 +129,11 @@ impl Transform {
                 let resized = resize_exact(&rgb, rw, rh);
                 center_crop(&resized, *size)
             }
+            Self::Processor {
+                resize,
+                resample,
+                crop,
+            } => super::processor::apply_processor(&rgb, *resize, *resample, *crop),
         };
         to_tensor_values(&out, channels, normalization)
     }

@@ -279,10 +279,24 @@ pub fn evaluate<B: Backend>(
     batch_size: usize,
     device: &B::Device,
 ) -> EvalReport {
+    let transform = Transform::eval(image_size);
+    evaluate_with(model, split, transform, normalization, batch_size, device)
+}
+
+/// Evaluates `model` on `split`, preparing images with `transform` and `normalization` (for
+/// example a checkpoint's image processor, `Transform::processor`).
+pub fn evaluate_with<B: Backend>(
+    model: &Vit<B>,
+    split: &ImageSplit,
+    transform: Transform,
+    normalization: Normalization,
+    batch_size: usize,
+    device: &B::Device,
+) -> EvalReport {
     let samples: Arc<[_]> = split.samples.clone().into();
     let batcher = ImageBatcher::new(
         samples.clone(),
-        Transform::eval(image_size),
+        transform,
         normalization,
         model.config.num_channels,
         0,
@@ -374,5 +388,10 @@ pub fn export<B: Backend>(
         .map_err(|e| TrainError::malformed(&head, e.to_string()))?;
     std::fs::write(&head, bytes).map_err(|e| TrainError::io("cannot write", &head, e))?;
     written.push(head);
+    // The peft export carries the head too (`modules_to_save`), for `PeftModel.from_pretrained`.
+    let peft = dir.join("peft");
+    if written.contains(&peft) {
+        model.add_head_to_peft(&peft)?;
+    }
     Ok(written)
 }

@@ -12,7 +12,8 @@ pub mod run;
 pub use causal_lm::{CausalLm, LmOutput};
 pub use classifier::{Divergence, ImageClassifier, LossGuard, OptimSettings};
 pub use image::{
-    EvalReport, ImageTrainConfig, TrainedImage, evaluate, export, prepare_model, train_image,
+    EvalReport, ImageTrainConfig, TrainedImage, evaluate, evaluate_with, export, prepare_model,
+    train_image,
 };
 pub use lm::{
     InstructionData, LmEvalReport, LmTrainConfig, Prediction, TrainedLm, evaluate_lm, export_lm,

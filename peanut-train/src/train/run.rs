@@ -269,7 +269,8 @@ pub(crate) fn check_divergence(
 }
 
 /// Writes a model's adapters to `dir/peanut/` (this workspace's format) and, when they are all
-/// PEANuT adapters, to `dir/peft/` (Hugging Face peft's format, with `base_model` recorded).
+/// of one method (PEANuT or LoRA), to `dir/peft/` (Hugging Face peft's format, with
+/// `base_model` recorded).
 /// Returns the directories written; none when the model has no adapters.
 pub fn export_adapters<B: Backend, M: AdaptableModel<B>>(
     model: &M,
@@ -286,7 +287,11 @@ pub fn export_adapters<B: Backend, M: AdaptableModel<B>>(
         .save_adapters(&native)
         .map_err(|e| TrainError::malformed(&native, e.to_string()))?;
     written.push(native);
-    if adapters.iter().all(|(_, a)| a.method() == "peanut") {
+    // peft holds one method per file: PEANuT (`PEANUT`) or LoRA (`LORA`).
+    if adapters
+        .iter()
+        .all(|(_, a)| a.method() == adapters[0].1.method())
+    {
         let peft = dir.join("peft");
         model
             .save_adapters_peft(&peft, base_model)

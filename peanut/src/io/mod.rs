@@ -7,7 +7,10 @@
 //!   + `adapter_model.safetensors`, tensors in PyTorch's `[out, in]` layout.
 //!
 //! Loading yields an [`AdapterMap`] keyed by module path; [`attach`] puts it onto a model's
-//! [`AdaptedLinear`] layers, checking every shape. Every write is atomic (temporary file, then
+//! [`AdaptedLinear`] layers, checking every shape. peft files may also hold whole modules
+//! (`modules_to_save`, such as a trained classifier): [`load_any_with_saved`] returns them as
+//! [`SavedModules`] and [`attach_saved`] replaces the base weights of those layers.
+//! Non-finite values (NaN, ±∞) in any tensor read are an error naming the tensor. Every write is atomic (temporary file, then
 //! rename), so a crash never leaves a half-written file behind.
 
 pub mod native;
@@ -26,7 +29,10 @@ use crate::adapter::Adapter;
 use crate::error::{PeanutError, Result};
 
 pub use native::{load, save};
-pub use peft::{PeftPaths, SamePaths, load_peft, save_peft};
+pub use peft::{
+    PeftAdapter, PeftPaths, SamePaths, add_modules_to_save, load_peft, load_peft_with_saved,
+    save_peft,
+};
 
 /// Adapters read from a file, keyed by module path (for example
 /// `encoder.layer.0.attention.attention.query`), in the path order of a `BTreeMap`.
@@ -74,6 +80,142 @@ pub fn load_any<B: Backend>(
         Format::Native => native::load(dir, device),
         Format::Peft => peft::load_peft(dir, paths, device),
     }
+}
+
+/// A tensor of a module saved whole, in PyTorch's layout (`[d_output, d_input]` for a linear's
+/// weight), as f32 values.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SavedTensor {
+    /// The shape.
+    pub shape: Vec<usize>,
+    /// The values, row-major.
+    pub values: Vec<f32>,
+}
+
+/// A module peft saves whole (`modules_to_save`): its parameters by name (`weight`, `bias`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SavedModule {
+    /// Parameter name → tensor.
+    pub params: BTreeMap<String, SavedTensor>,
+}
+
+impl SavedModule {
+    /// A linear layer's `weight` (`[d_output, d_input]`, PyTorch layout) and optional `bias`.
+    pub fn linear(weight: SavedTensor, bias: Option<SavedTensor>) -> Self {
+        let mut params = BTreeMap::from([("weight".to_string(), weight)]);
+        if let Some(bias) = bias {
+            params.insert("bias".to_string(), bias);
+        }
+        Self { params }
+    }
+
+    /// The saved module of a model's linear layer (its base weight and bias).
+    pub fn from_linear<B: Backend>(layer: &AdaptedLinear<B>) -> Self {
+        let read = |shape: Vec<usize>, data: TensorData| SavedTensor {
+            shape,
+            values: data
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .expect("float tensor converts to f32"),
+        };
+        let weight = layer.base.weight.val().transpose();
+        let weight = read(weight.dims().to_vec(), weight.into_data());
+        let bias = layer.base.bias.as_ref().map(|bias| {
+            let bias = bias.val();
+            read(bias.dims().to_vec(), bias.into_data())
+        });
+        Self::linear(weight, bias)
+    }
+}
+
+/// Modules saved whole, keyed by our module path.
+pub type SavedModules = BTreeMap<String, SavedModule>;
+
+/// Loads either format with the modules a peft file saved whole (none for this crate's own
+/// format).
+pub fn load_any_with_saved<B: Backend>(
+    dir: &Path,
+    paths: &dyn PeftPaths,
+    device: &B::Device,
+) -> Result<(AdapterMap<B>, SavedModules)> {
+    match detect_format(dir)? {
+        Format::Native => Ok((native::load(dir, device)?, SavedModules::new())),
+        Format::Peft => {
+            let loaded = peft::load_peft_with_saved(dir, paths, device)?;
+            Ok((loaded.adapters, loaded.saved))
+        }
+    }
+}
+
+/// Replaces the base weight and bias of the layers named in `saved` (a head trained alongside
+/// the adapters and saved by peft's `modules_to_save`).
+///
+/// Every module must be one of `layers`, hold only `weight` (`[d_output, d_input]`) and `bias`
+/// (`[d_output]`, only where the layer has one) of the layer's shapes; otherwise nothing is
+/// changed and the error names the module or tensor.
+pub fn attach_saved<'a, B: Backend>(
+    layers: impl IntoIterator<Item = (String, &'a mut AdaptedLinear<B>)>,
+    saved: &SavedModules,
+) -> Result<()> {
+    let mut layers: BTreeMap<String, &'a mut AdaptedLinear<B>> = layers.into_iter().collect();
+    for (path, module) in saved {
+        let Some(layer) = layers.get(path) else {
+            return Err(PeanutError::UnknownModule {
+                module: path.clone(),
+                known: layers.keys().take(8).cloned().collect(),
+            });
+        };
+        let [d_input, d_output] = layer.dims();
+        for (param, tensor) in &module.params {
+            let expected = match param.as_str() {
+                "weight" => vec![d_output, d_input],
+                "bias" if layer.base.bias.is_some() => vec![d_output],
+                _ => {
+                    return Err(PeanutError::AdapterMismatch {
+                        module: path.clone(),
+                        reason: format!(
+                            "the saved module holds `{param}`, which the model's linear layer \
+                             does not have"
+                        ),
+                    });
+                }
+            };
+            if tensor.shape != expected || tensor.values.len() != expected.iter().product::<usize>()
+            {
+                return Err(PeanutError::ShapeMismatch {
+                    key: format!("{path}.{param}"),
+                    expected,
+                    found: tensor.shape.clone(),
+                });
+            }
+        }
+        if !module.params.contains_key("weight") {
+            return Err(PeanutError::AdapterMismatch {
+                module: path.clone(),
+                reason: "the saved module has no `weight`".into(),
+            });
+        }
+    }
+    for (path, module) in saved {
+        let layer = layers.get_mut(path).expect("checked above");
+        let device = layer.base.weight.device();
+        let was_merged = layer.is_merged();
+        layer.unmerge();
+        for (param, tensor) in &module.params {
+            let data = TensorData::new(tensor.values.clone(), tensor.shape.clone());
+            if param == "weight" {
+                let weight = Tensor::<B, 2>::from_data(data, &device).transpose();
+                layer.base.weight = layer.base.weight.clone().map(|_| weight);
+            } else if let Some(bias) = layer.base.bias.take() {
+                let values = Tensor::<B, 1>::from_data(data, &device);
+                layer.base.bias = Some(bias.map(|_| values));
+            }
+        }
+        if was_merged {
+            layer.merge_in_place();
+        }
+    }
+    Ok(())
 }
 
 /// Puts loaded adapters onto a model's layers: each layer named in `adapters` gets that adapter
@@ -216,7 +358,8 @@ pub(crate) struct RawTensor {
 }
 
 impl RawTensor {
-    /// Reads `key` from `file` (converting F16, BF16 and F64 to f32).
+    /// Reads `key` from `file` (converting F16, BF16 and F64 to f32); a NaN or infinite value
+    /// is an error naming the key.
     pub fn read(file: &SafeTensors<'_>, path: &Path, key: &str) -> Result<Self> {
         let view = file.tensor(key).map_err(|_| PeanutError::MissingKey {
             path: path.to_path_buf(),
@@ -228,6 +371,13 @@ impl RawTensor {
                 dtype: format!("{:?}", view.dtype()),
             });
         };
+        if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
+            return Err(PeanutError::NonFinite {
+                path: path.to_path_buf(),
+                key: key.to_string(),
+                value: *bad,
+            });
+        }
         Ok(Self {
             shape: view.shape().to_vec(),
             values,
