@@ -235,9 +235,13 @@ pub struct TrainImageArgs {
     /// Train without RandomResizedCrop + flip (Resize + CenterCrop instead).
     #[arg(long)]
     pub no_augment: bool,
-    /// Continue the run in `--output-dir` from its last checkpoint.
-    #[arg(long)]
+    /// Continue the run in `--output-dir` from its last complete checkpoint (or finish its
+    /// export); refused when the run was started with other options.
+    #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
+    /// Start a new run in a `--output-dir` that holds an earlier one, replacing it.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Also write the merged model (Hugging Face format) to `<output-dir>/merged`.
     #[arg(long)]
     pub merged: bool,
@@ -464,7 +468,9 @@ pub fn train_image_run(args: TrainImageArgs) -> Result<TrainImageOutcome> {
     let run = RunOptions {
         dir: args.output_dir.clone(),
         resume: args.resume,
+        overwrite: args.overwrite,
         label: args.adapter.method.name().into(),
+        model: args.model.display().to_string(),
     };
     let device = backend::device();
     let trained = train::train_image(model, &data, &config, &run, &device)?;
@@ -484,8 +490,11 @@ pub fn train_image_run(args: TrainImageArgs) -> Result<TrainImageOutcome> {
         trained.trainable_params
     );
     let export_dir = args.output_dir.join("export");
-    let written = train::export(&trained.model, &export_dir, args.model.to_str())?;
-    write_labels(&export_dir, &data.classes)?;
+    let written = train::export_atomically(&export_dir, |staging| {
+        let mut written = train::export(&trained.model, staging, args.model.to_str())?;
+        written.push(write_labels(staging, &data.classes)?);
+        Ok(written)
+    })?;
     for path in written {
         println!("wrote {}", path.display());
     }
@@ -503,10 +512,11 @@ pub fn train_image_run(args: TrainImageArgs) -> Result<TrainImageOutcome> {
     })
 }
 
-fn write_labels(dir: &Path, classes: &[String]) -> Result<()> {
+fn write_labels(dir: &Path, classes: &[String]) -> Result<PathBuf> {
     let path = dir.join("labels.json");
     let json = serde_json::to_vec_pretty(classes).expect("labels serialize");
-    std::fs::write(&path, json).map_err(|e| TrainError::io("cannot write", &path, e))
+    std::fs::write(&path, json).map_err(|e| TrainError::io("cannot write", &path, e))?;
+    Ok(path)
 }
 
 fn read_labels(dir: &Path) -> Result<Option<Vec<String>>> {

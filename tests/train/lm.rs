@@ -353,12 +353,7 @@ fn lm_resume_after_a_crash_equals_an_uninterrupted_run() {
     )
     .unwrap();
     let copy = root.join("copy");
-    std::fs::create_dir_all(copy.join("checkpoint")).unwrap();
-    std::fs::copy(root.join("full/run.json"), copy.join("run.json")).unwrap();
-    for part in ["model", "optim", "scheduler"] {
-        let name = format!("checkpoint/{part}-1.mpk");
-        std::fs::copy(root.join("full").join(&name), copy.join(&name)).unwrap();
-    }
+    copy_epoch(&root.join("full"), &copy, 1);
     let resumed = lm::train_lm(base(), &data, &config, &run(&copy, true), &device).unwrap();
     // Equal up to float reordering in the CPU backend's threaded kernels (a wrong data order,
     // optimizer state or schedule position moves the adapters by orders of magnitude more, as
@@ -402,7 +397,7 @@ fn load_epoch_one(dir: &Path) -> Llama<Selected> {
         .unwrap();
     let wrapped = CausalLm::new(model, LossGuard::default(), None, 1)
         .load_file(
-            dir.join("checkpoint/model-1"),
+            train::checkpoint::epoch_dir(dir, 1).join("model"),
             &NamedMpkFileRecorder::<FullPrecisionSettings>::new(),
             &Default::default(),
         )

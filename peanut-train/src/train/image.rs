@@ -12,6 +12,7 @@ use burn::train::{Interrupter, Learner, SupervisedTraining};
 use peanut_models::{AdaptableModel, Vit};
 use serde::{Deserialize, Serialize};
 
+use super::checkpoint;
 use super::classifier::{ImageClassifier, LossGuard, OptimSettings};
 use super::metrics::ThroughputMetric;
 use super::run::{self, AdapterOptions, Method, RunOptions};
@@ -182,7 +183,8 @@ pub fn train_image<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<TrainedImage<B::InnerBackend>> {
     config.validate()?;
-    let start_epoch = run::begin(run, config, config.epochs)?;
+    let base_fingerprint = checkpoint::fingerprint(&model);
+    let start_epoch = run::begin(run, &data.root, config, config.epochs, &base_fingerprint)?;
     B::seed(device, config.seed);
     let (model, trainable_params) = prepare_model(model, config)?;
     let channels = model.config.num_channels;
@@ -243,11 +245,12 @@ pub fn train_image<B: AutodiffBackend>(
         config.epochs,
         config.grad_accumulation,
         start_epoch,
-        interrupter,
+        interrupter.clone(),
+        &base_fingerprint,
     );
     let result = training.launch(learner);
     drop(result.renderer);
-    run::check_divergence(&guard, run, per_epoch)?;
+    run::check_divergence(&guard, &interrupter, run, per_epoch)?;
     Ok(TrainedImage {
         model: result.model.model,
         trainable_params,

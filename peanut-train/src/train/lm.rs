@@ -14,6 +14,7 @@ use peanut_models::{AdaptableModel, Llama};
 use serde::{Deserialize, Serialize};
 
 use super::causal_lm::CausalLm;
+use super::checkpoint;
 use super::classifier::LossGuard;
 use super::metrics::{ThroughputMetric, TokenAccuracyMetric};
 use super::run::{self, AdapterOptions, Method, RunOptions};
@@ -268,7 +269,8 @@ pub fn train_lm<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<TrainedLm<B::InnerBackend>> {
     config.validate()?;
-    let start_epoch = run::begin(run, config, config.epochs)?;
+    let base_fingerprint = checkpoint::fingerprint(&model);
+    let start_epoch = run::begin(run, &data.path, config, config.epochs, &base_fingerprint)?;
     B::seed(device, config.seed);
     let (model, trainable_params) = prepare_lm(model, config)?;
 
@@ -316,11 +318,12 @@ pub fn train_lm<B: AutodiffBackend>(
         config.epochs,
         config.grad_accumulation,
         start_epoch,
-        interrupter,
+        interrupter.clone(),
+        &base_fingerprint,
     );
     let result = training.launch(learner);
     drop(result.renderer);
-    run::check_divergence(&guard, run, per_epoch)?;
+    run::check_divergence(&guard, &interrupter, run, per_epoch)?;
     Ok(TrainedLm {
         model: result.model.model,
         trainable_params,

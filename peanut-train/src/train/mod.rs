@@ -3,6 +3,7 @@
 //! run plumbing of [`run`].
 
 pub mod causal_lm;
+pub mod checkpoint;
 pub mod classifier;
 pub mod image;
 pub mod lm;
@@ -19,4 +20,6 @@ pub use lm::{
     load_instructions, prepare_lm, train_lm,
 };
 pub use metrics::{ThroughputMetric, TokenAccuracyMetric};
-pub use run::{AdapterOptions, Method, RunOptions, export_adapters, last_checkpoint};
+pub use run::{
+    AdapterOptions, Method, RunOptions, export_adapters, export_atomically, last_checkpoint,
+};
