@@ -285,3 +285,48 @@ fn resume_skips_damaged_and_half_written_checkpoints() {
         "a resumed run must be bit-identical"
     );
 }
+#[test]
+fn epoch_checkpoints_hold_the_trainable_parameters_only() {
+    let root = temp_dir("slim");
+    image_folder(&root.join("data"), 2);
+    let dataset = data::detect(&root.join("data")).unwrap();
+    let config = tiny_config(Method::Peanut, 1);
+    let dir = root.join("run");
+    let trained = train::train_image(
+        tiny_vit(3),
+        &dataset,
+        &config,
+        &run(&dir, false),
+        &Default::default(),
+    )
+    .unwrap();
+    let epoch = train::checkpoint::epoch_dir(&dir, 1);
+    let size = |name: &str| std::fs::metadata(epoch.join(name)).unwrap().len() as usize;
+    let total = burn::module::Module::num_params(&tiny_vit(3));
+    let trainable = trained.trainable_params;
+    // f32 values plus names and ids: within a small overhead of 4 bytes per trainable value,
+    // far below the whole model.
+    let model = size("model.mpk");
+    assert!(
+        model >= 4 * trainable,
+        "{model} bytes for {trainable} values"
+    );
+    assert!(
+        model < 4 * trainable + 8 * 1024,
+        "{model} bytes for {trainable} values"
+    );
+    assert!(
+        model * 4 < 4 * total,
+        "{model} bytes vs {total} parameters in the model"
+    );
+    // AdamW keeps two moments per trainable value.
+    let optim = size("optim.mpk");
+    assert!(
+        optim >= 8 * trainable && optim < 8 * trainable + 16 * 1024,
+        "{optim}"
+    );
+    eprintln!(
+        "checkpoint of {trainable} trainable / {total} parameters: model {model} B, optimizer \
+         {optim} B"
+    );
+}

@@ -25,6 +25,8 @@ use burn::tensor::backend::Backend;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::step::TrainableRecord;
+
 /// The records of one epoch, as burn's Learner names them.
 pub const PARTS: [&str; 3] = ["model", "optim", "scheduler"];
 
@@ -263,6 +265,22 @@ pub(crate) fn clean(run_dir: &Path, mut note: impl FnMut(String)) -> std::io::Re
         }
     }
     Ok(())
+}
+
+/// `model` with the trainable parameters of epoch `epoch`'s checkpoint in the run directory
+/// `run_dir` put in place (the frozen base is not in checkpoints: `model` brings it).
+///
+/// # Errors
+/// A missing or unreadable checkpoint.
+pub fn load_epoch<B: Backend, M: Module<B>>(
+    model: M,
+    run_dir: &Path,
+    epoch: usize,
+    device: &B::Device,
+) -> Result<M, RecorderError> {
+    let path = run_dir.join(FOLDER).join(format!("model-{epoch}"));
+    let record: TrainableRecord<B> = Recorder::<B>::load(&EpochRecorder::default(), path, device)?;
+    Ok(record.apply(model))
 }
 
 /// Epochs whose parts are written, per run directory.

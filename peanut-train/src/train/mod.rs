@@ -5,13 +5,16 @@
 pub mod causal_lm;
 pub mod checkpoint;
 pub mod classifier;
+pub mod guard;
 pub mod image;
 pub mod lm;
 pub mod metrics;
 pub mod run;
+pub mod step;
 
 pub use causal_lm::{CausalLm, LmOutput};
-pub use classifier::{Divergence, ImageClassifier, LossGuard, OptimSettings};
+pub use classifier::ImageClassifier;
+pub use guard::{Divergence, LossGuard};
 pub use image::{
     EvalReport, ImageTrainConfig, TrainedImage, evaluate, export, prepare_model, train_image,
 };
@@ -22,4 +25,7 @@ pub use lm::{
 pub use metrics::{ThroughputMetric, TokenAccuracyMetric};
 pub use run::{
     AdapterOptions, Method, RunOptions, export_adapters, export_atomically, last_checkpoint,
+};
+pub use step::{
+    GroupLearningRate, LearningRates, Objective, StepSettings, TrainableRecord, Trainee,
 };

@@ -13,7 +13,7 @@ use peanut_models::{AdaptableModel, Targets};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, EpochRecorder};
-use super::classifier::LossGuard;
+use super::guard::LossGuard;
 use crate::error::{Result, TrainError};
 use crate::render::{PlainRenderer, use_dashboard};
 

@@ -7,9 +7,7 @@ use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use burn::module::{
-    AutodiffModule, Devices, Module, ModuleMapper, ModuleVisitor, Param, ParamId,
-};
+use burn::module::{AutodiffModule, Devices, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsParams, Optimizer};
 use burn::record::{PrecisionSettings, Record};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -341,11 +339,12 @@ impl<B: Backend> TrainableRecord<B> {
                 };
                 let device = param.lazy_device();
                 let expected = param.val().shape();
-                assert_eq!(
+                assert!(
+                    saved.value.shape.iter().eq(expected.iter()),
+                    "checkpoint parameter `{}` has shape {:?}, the model's has {:?}",
+                    saved.path,
                     saved.value.shape,
-                    expected.to_vec(),
-                    "checkpoint parameter `{}` has another shape than the model's",
-                    saved.path
+                    expected
                 );
                 let tensor = Tensor::<B, D>::from_data(saved.value, &device);
                 param.transform_for_load(tensor, ParamId::from(saved.id))
