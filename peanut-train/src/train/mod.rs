@@ -1,6 +1,19 @@
 //! Training and evaluation on burn's Learner: image classification (methods `peanut`, `lora`,
-//! `head`, `full`) and causal-LM instruction tuning (`peanut`, `lora`, `full`), sharing the
-//! run plumbing of [`run`].
+//! `head`, `full`) and causal-LM instruction tuning (`peanut`, `lora`, `full`).
+//!
+//! Both pipelines share one Learner set-up and one step; they differ only in their model, data
+//! and metrics:
+//!
+//! ```text
+//! image.rs ──┐                        ┌── step.rs        Trainee: the guarded step, parameter
+//!  (ViT,     │                        │                  groups, the trainable-only record
+//!  images)   ├── run.rs ──────────────┤── guard.rs       loss guard, gradient clipping
+//! lm.rs ─────┘   run.json, resume,    └── checkpoint.rs  crash-safe epoch checkpoints
+//!  (LLaMA,       --overwrite, Learner
+//!  JSON)         settings, export
+//! classifier.rs / causal_lm.rs   each model's Objective (its loss and metric outputs)
+//! metrics.rs                     throughput and token-accuracy metrics
+//! ```
 
 pub mod causal_lm;
 pub mod checkpoint;

@@ -50,8 +50,9 @@ pub struct AdapterOptions {
     pub rank: usize,
     /// PEANuT depth in linear maps (2, 4, 6, …).
     pub depth: usize,
-    /// PEANuT activation, by peft / transformers name (`relu`, `gelu`, `silu`, …).
-    pub activation: String,
+    /// PEANuT activation (`--activation` takes peft / transformers names: `relu`, `gelu`,
+    /// `silu`, …).
+    pub activation: Activation,
     /// PEANuT scaling `s`.
     pub scaling: f64,
     /// LoRA `alpha` (scale `alpha / rank`).
@@ -64,7 +65,7 @@ impl Default for AdapterOptions {
         Self {
             rank: 7,
             depth: 2,
-            activation: "relu".into(),
+            activation: Activation::Relu,
             scaling: 1.0,
             lora_alpha: 8.0,
         }
@@ -76,19 +77,9 @@ impl AdapterOptions {
     pub fn config(&self, method: Method) -> Result<Option<AdapterConfig>> {
         Ok(match method {
             Method::Peanut => {
-                let activation = Activation::from_peft_name(&self.activation).ok_or_else(|| {
-                    TrainError::InvalidOption {
-                        option: "--activation",
-                        reason: format!(
-                            "`{}` is not one of relu, gelu, gelu_pytorch_tanh, silu, tanh, \
-                             sigmoid, leaky_relu, linear",
-                            self.activation
-                        ),
-                    }
-                })?;
                 let config = PeanutConfig::new(self.rank)
                     .with_depth(self.depth)
-                    .with_activation(activation)
+                    .with_activation(self.activation)
                     .with_scaling(self.scaling);
                 config.validate()?;
                 Some(config.into())
