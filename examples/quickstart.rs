@@ -97,9 +97,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         let model = vit_config().init::<TrainBackend>(1, &device)?;
         let run = RunOptions {
-            dir: dir.join("pretrain"),
-            resume: false,
             label: "pretrain 0-4".into(),
+            ..RunOptions::new(dir.join("pretrain"))
         };
         let _ = std::fs::remove_dir_all(&run.dir);
         let trained = train::train_image(model, &data, &config, &run, &device)?;
@@ -118,9 +117,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let model = load_with_fresh_head(&cached, &recorder, &device)?;
         let config = base_config(method);
         let run = RunOptions {
-            dir: dir.join(format!("finetune-{}", method.name())),
-            resume: false,
             label: format!("{} 5-9", method.name()),
+            ..RunOptions::new(dir.join(format!("finetune-{}", method.name())))
         };
         let _ = std::fs::remove_dir_all(&run.dir);
         let trained = train::train_image(model, &data, &config, &run, &device)?;

@@ -8,6 +8,7 @@ mod lm;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
+use peanut::Activation;
 use peanut_models::{AdaptableModel, Vit, VitLoadOptions};
 
 use crate::backend::{self, TrainBackend};
@@ -134,8 +135,8 @@ pub struct AdapterShapeArgs {
     #[arg(long, default_value_t = 2)]
     pub depth: usize,
     /// PEANuT activation (relu, gelu, gelu_pytorch_tanh, silu, tanh, sigmoid, leaky_relu).
-    #[arg(long, default_value = "relu")]
-    pub activation: String,
+    #[arg(long, default_value = "relu", value_parser = parse_activation)]
+    pub activation: Activation,
     /// PEANuT scaling s.
     #[arg(long, default_value_t = 1.0)]
     pub scaling: f64,
@@ -147,11 +148,21 @@ impl AdapterShapeArgs {
         AdapterOptions {
             rank,
             depth: self.depth,
-            activation: self.activation.clone(),
+            activation: self.activation,
             scaling: self.scaling,
             lora_alpha,
         }
     }
+}
+
+/// An `--activation` value: a peft / transformers activation name.
+fn parse_activation(name: &str) -> std::result::Result<Activation, String> {
+    Activation::from_peft_name(name).ok_or_else(|| {
+        format!(
+            "`{name}` is not one of relu, gelu, gelu_pytorch_tanh, silu, tanh, sigmoid, \
+             leaky_relu, linear"
+        )
+    })
 }
 
 /// The adapter options shared by `train image` and `info` (defaults: the paper's ViT setting).
@@ -239,15 +250,71 @@ pub struct TrainImageArgs {
     /// Train without RandomResizedCrop + flip (Resize + CenterCrop instead).
     #[arg(long)]
     pub no_augment: bool,
-    /// Continue the run in `--output-dir` from its last checkpoint.
-    #[arg(long)]
+    /// Continue the run in `--output-dir` from its last complete checkpoint (or finish its
+    /// export); refused when the run was started with other options.
+    #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
+    /// Start a new run in a `--output-dir` that holds an earlier one, replacing it.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Also write the merged model (Hugging Face format) to `<output-dir>/merged`.
     #[arg(long)]
     pub merged: bool,
 }
 
+/// Everything a `train image` run needs, built once, from the command line
+/// ([`TrainImageArgs::job`]) or from Rust code (`examples/cars.rs`), and only read afterwards.
+#[derive(Debug, Clone)]
+pub struct ImageJob {
+    /// Dataset directory or Hugging Face dataset id (as `--data-dir`).
+    pub data_dir: PathBuf,
+    /// Pretrained ViT directory or Hugging Face id (as `--model`).
+    pub model: PathBuf,
+    /// The run directory and how to open it (`--output-dir`, `--resume`, `--overwrite`).
+    pub run: RunOptions,
+    /// What the run computes.
+    pub config: ImageTrainConfig,
+    /// Also write the merged model to `<run directory>/merged`.
+    pub merged: bool,
+}
+
+impl ImageJob {
+    /// The paper's recipe ([`ImageTrainConfig::default`], ViT-B/16 in21k) on `data_dir`, in
+    /// the new run directory `output_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>, output_dir: impl Into<PathBuf>) -> Self {
+        let config = ImageTrainConfig::default();
+        Self {
+            data_dir: data_dir.into(),
+            model: PathBuf::from(hub::VIT_B16_IN21K),
+            run: RunOptions {
+                label: config.method.name().into(),
+                model: hub::VIT_B16_IN21K.into(),
+                ..RunOptions::new(output_dir)
+            },
+            config,
+            merged: false,
+        }
+    }
+}
+
 impl TrainImageArgs {
+    /// The job these options describe.
+    pub fn job(&self) -> ImageJob {
+        ImageJob {
+            data_dir: self.data_dir.clone(),
+            model: self.model.clone(),
+            run: RunOptions {
+                dir: self.output_dir.clone(),
+                resume: self.resume,
+                overwrite: self.overwrite,
+                label: self.adapter.method.name().into(),
+                model: self.model.display().to_string(),
+            },
+            config: self.config(),
+            merged: self.merged,
+        }
+    }
+
     /// The training configuration these options describe.
     pub fn config(&self) -> ImageTrainConfig {
         ImageTrainConfig {
@@ -348,12 +415,20 @@ pub struct TrainImageOutcome {
     pub export_dir: PathBuf,
 }
 
-/// `peanut train image`, returning the test accuracies and the export directory (for callers
-/// such as `examples/cars.rs`).
+/// `peanut train image`, returning the test accuracies and the export directory.
 pub fn train_image_run(args: TrainImageArgs) -> Result<TrainImageOutcome> {
-    let config = args.config();
+    train_image_job(&args.job())
+}
+
+/// Runs a `train image` job: reads the data, loads the model, trains (or resumes), evaluates on
+/// the test split and exports the adapters, head and labels to `<run directory>/export`.
+///
+/// # Errors
+/// Invalid options, unusable data or model, a refused run directory, or a diverging run.
+pub fn train_image_job(job: &ImageJob) -> Result<TrainImageOutcome> {
+    let config = &job.config;
     config.validate()?;
-    let data = read_dataset(&args.data_dir)?;
+    let data = read_dataset(&job.data_dir)?;
     println!(
         "{:?} dataset at {}: {} classes, {} train / {} test images ({} + {} unreadable, skipped)",
         data.layout,
@@ -365,18 +440,13 @@ pub fn train_image_run(args: TrainImageArgs) -> Result<TrainImageOutcome> {
         data.test.skipped
     );
     let model = load_vit(
-        &args.model,
+        &job.model,
         Some(data.classes.len()),
-        Some(args.image_size),
-        args.seed,
+        Some(config.image_size),
+        config.seed,
     )?;
-    let run = RunOptions {
-        dir: args.output_dir.clone(),
-        resume: args.resume,
-        label: args.adapter.method.name().into(),
-    };
     let device = backend::device();
-    let trained = train::train_image(model, &data, &config, &run, &device)?;
+    let trained = train::train_image(model, &data, config, &job.run, &device)?;
     let report = train::evaluate(
         &trained.model,
         &data.test,
@@ -392,17 +462,20 @@ pub fn train_image_run(args: TrainImageArgs) -> Result<TrainImageOutcome> {
         report.count,
         trained.trainable_params
     );
-    let export_dir = args.output_dir.join("export");
-    let written = train::export(&trained.model, &export_dir, args.model.to_str())?;
-    write_labels(&export_dir, &data.classes)?;
+    let export_dir = job.run.dir.join("export");
+    let written = train::export_atomically(&export_dir, |staging| {
+        let mut written = train::export(&trained.model, staging, job.model.to_str())?;
+        written.push(write_labels(staging, &data.classes)?);
+        Ok(written)
+    })?;
     for path in written {
         println!("wrote {}", path.display());
     }
-    if args.merged {
+    if job.merged {
         let mut model = trained.model;
         model.config.id2label = Some(data.classes.clone());
         model.merge_adapters();
-        let merged = args.output_dir.join("merged");
+        let merged = job.run.dir.join("merged");
         model.save_merged(&merged)?;
         println!("wrote {}", merged.display());
     }

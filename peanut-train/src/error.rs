@@ -138,6 +138,27 @@ pub enum TrainError {
         reason: String,
     },
 
+    /// A new run was asked for in a directory that already holds files.
+    #[error(
+        "the run directory `{path}` is not empty (it holds {entries}); pass --resume to \
+         continue the run there, --overwrite to replace it, or another --output-dir"
+    )]
+    RunDirectoryInUse {
+        /// The run directory.
+        path: PathBuf,
+        /// Some of its entries, comma-separated.
+        entries: String,
+    },
+
+    /// A run stopped because its checkpoint could not be written.
+    #[error("training stopped: {reason} (in `{path}`)")]
+    Interrupted {
+        /// The run directory.
+        path: PathBuf,
+        /// Why, as burn's Learner reported it.
+        reason: String,
+    },
+
     /// A `--model` / `--data-dir` argument is neither an existing path nor a hub id.
     #[error(
         "`{arg}`: {reason}; pass an existing directory or a Hugging Face id (`org/name` or \

@@ -8,6 +8,24 @@
 //!
 //! The backend is chosen once, in [`backend`], by cargo feature (`ndarray`, `wgpu`, `cuda`);
 //! everything else is generic over `B: Backend`.
+//!
+//! # Module map
+//!
+//! ```text
+//! cli (+ cli/lm)  parses the command line into typed jobs and configs, prints results
+//!   │
+//!   ▼
+//! train           the pipelines on burn's Learner (its own map: train/mod.rs)
+//!   ├── image, lm        configs, data loading, evaluation, export of each task
+//!   ├── run              run.json, --resume / --overwrite, shared Learner settings
+//!   ├── step, guard      the one guarded training step, parameter groups
+//!   └── checkpoint       crash-safe, trainable-only epoch checkpoints
+//! data            datasets (Stanford Cars, ImageFolder, parquet, digits, instruction JSON),
+//!                 transforms, batchers, the seeded RNG
+//! hub             Hugging Face ids for models and datasets
+//! schedule        warmup + decay learning-rate factor
+//! render, backend, error   progress lines, the backend choice, the error type
+//! ```
 #![warn(missing_docs)]
 
 pub mod backend;

@@ -155,7 +155,7 @@ fn two_peanut_training_steps_match_ndarray_and_train_only_adapters_and_head() {
     config.batch_size = 6;
     config.augment = false;
     config.adapter.depth = 4;
-    config.adapter.activation = "gelu".into();
+    config.adapter.activation = peanut::Activation::Gelu;
 
     let device = backend::device();
     let before = vit::<TrainBackend>(&device);

@@ -78,12 +78,7 @@ fn resume_after_a_crash_equals_an_uninterrupted_run() {
     // them must reproduce the uninterrupted run exactly: same data order and augmentation,
     // optimizer moments and schedule position.
     let copy = root.join("copy");
-    std::fs::create_dir_all(copy.join("checkpoint")).unwrap();
-    std::fs::copy(root.join("full/run.json"), copy.join("run.json")).unwrap();
-    for part in ["model", "optim", "scheduler"] {
-        let from = root.join(format!("full/checkpoint/{part}-1.mpk"));
-        std::fs::copy(&from, copy.join(format!("checkpoint/{part}-1.mpk"))).unwrap();
-    }
+    copy_epoch(&root.join("full"), &copy, 1);
     let resumed =
         train::train_image(tiny_vit(3), &dataset, &config, &run(&copy, true), &device).unwrap();
     common::assert_close(
@@ -143,4 +138,195 @@ fn unreadable_images_are_skipped_and_counted() {
     let dataset = data::detect(&root.join("data")).unwrap();
     assert_eq!(dataset.train.skipped, 1);
     assert_eq!(dataset.train.samples.len(), 6);
+}
+
+#[test]
+fn a_new_run_refuses_a_used_directory_unless_told_to_overwrite() {
+    let root = temp_dir("overwrite");
+    image_folder(&root.join("data"), 2);
+    let dataset = data::detect(&root.join("data")).unwrap();
+    let config = tiny_config(Method::Head, 1);
+    let dir = root.join("run");
+    let train = |run: RunOptions| {
+        train::train_image(tiny_vit(3), &dataset, &config, &run, &Default::default())
+    };
+    train(run(&dir, false)).unwrap();
+    let err = train(run(&dir, false)).err().expect("a used directory");
+    assert!(matches!(err, TrainError::RunDirectoryInUse { .. }), "{err}");
+    assert!(err.to_string().contains("--overwrite"), "{err}");
+    // A file of the user's survives --overwrite; the old run's files do not.
+    std::fs::write(dir.join("notes.txt"), "mine").unwrap();
+    std::fs::create_dir_all(dir.join("checkpoint/epoch-7")).unwrap();
+    train(RunOptions {
+        overwrite: true,
+        ..run(&dir, false)
+    })
+    .unwrap();
+    assert!(dir.join("notes.txt").is_file());
+    assert!(!dir.join("checkpoint/epoch-7").exists());
+    assert_eq!(train::last_checkpoint(&dir), Some(1));
+    // A directory that is not a run cannot be resumed; an empty one starts a new run.
+    let other = root.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "mine").unwrap();
+    let err = train(run(&other, true)).err().expect("not a run");
+    assert!(err.to_string().contains("run.json"), "{err}");
+    let empty = root.join("empty");
+    train(run(&empty, true)).unwrap();
+    assert_eq!(train::last_checkpoint(&empty), Some(1));
+}
+
+#[test]
+fn a_resume_with_other_settings_names_the_field_and_both_values() {
+    let root = temp_dir("mismatch");
+    image_folder(&root.join("data"), 2);
+    image_folder(&root.join("data2"), 2);
+    let dataset = data::detect(&root.join("data")).unwrap();
+    let device = Default::default();
+    let config = tiny_config(Method::Peanut, 2);
+    let dir = root.join("run");
+    let started = RunOptions {
+        model: "models/vit".into(),
+        ..run(&dir, false)
+    };
+    train::train_image(tiny_vit(3), &dataset, &config, &started, &device).unwrap();
+    let resume = RunOptions {
+        resume: true,
+        ..started.clone()
+    };
+    let error = |model: Vit<TrainBackend>,
+                 dataset: &data::ImageDataset,
+                 config: ImageTrainConfig,
+                 run: RunOptions| {
+        train::train_image(model, dataset, &config, &run, &device)
+            .err()
+            .expect("a mismatch")
+            .to_string()
+    };
+    let rank = ImageTrainConfig {
+        adapter: AdapterOptions {
+            rank: 3,
+            ..config.adapter.clone()
+        },
+        ..config.clone()
+    };
+    let err = error(tiny_vit(3), &dataset, rank, resume.clone());
+    assert!(
+        err.contains(
+            "`config.adapter.rank` differs: the run was started with 2, this command has 3"
+        ),
+        "{err}"
+    );
+    let other_data = data::detect(&root.join("data2")).unwrap();
+    let err = error(tiny_vit(3), &other_data, config.clone(), resume.clone());
+    assert!(err.contains("`data`") && err.contains("data2"), "{err}");
+    let moved = RunOptions {
+        model: "elsewhere/vit".into(),
+        ..resume.clone()
+    };
+    let err = error(tiny_vit(3), &dataset, config.clone(), moved);
+    assert!(
+        err.contains("`model`") && err.contains("elsewhere/vit"),
+        "{err}"
+    );
+    // Other base weights (same shapes) change the fingerprint.
+    let mut vit_config = peanut_models::VitConfig::tiny();
+    vit_config.num_labels = 3;
+    let other_base = vit_config.init::<TrainBackend>(99, &device).unwrap();
+    let err = error(other_base, &dataset, config.clone(), resume.clone());
+    assert!(err.contains("base_fingerprint"), "{err}");
+}
+
+#[test]
+fn resume_skips_damaged_and_half_written_checkpoints() {
+    let root = temp_dir("damaged");
+    image_folder(&root.join("data"), 3);
+    let dataset = data::detect(&root.join("data")).unwrap();
+    let device = Default::default();
+    let config = tiny_config(Method::Peanut, 3);
+    let full = train::train_image(
+        tiny_vit(3),
+        &dataset,
+        &config,
+        &run(&root.join("full"), false),
+        &device,
+    )
+    .unwrap();
+    // Only the last two epochs are kept, each a directory with a manifest.
+    let folder = root.join("full/checkpoint");
+    let mut kept: Vec<String> = std::fs::read_dir(&folder)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["epoch-2", "epoch-3"]);
+
+    // A run killed while writing epoch 3's checkpoint a second time over a disk fault: epoch 3
+    // truncated, epoch 2 intact, a staging directory half full.
+    let copy = root.join("copy");
+    copy_epoch(&root.join("full"), &copy, 2);
+    copy_epoch(&root.join("full"), &copy, 3);
+    assert_eq!(train::last_checkpoint(&copy), Some(3));
+    let model = train::checkpoint::epoch_dir(&copy, 3).join("model.mpk");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
+    assert_eq!(train::last_checkpoint(&copy), Some(2));
+    std::fs::create_dir_all(copy.join("checkpoint/epoch-4.tmp")).unwrap();
+    std::fs::write(copy.join("checkpoint/epoch-4.tmp/optim.mpk"), b"partial").unwrap();
+    // Resuming falls back to epoch 2 and ends where the uninterrupted run ended, with the
+    // damaged and staging directories gone.
+    let resumed =
+        train::train_image(tiny_vit(3), &dataset, &config, &run(&copy, true), &device).unwrap();
+    assert!(!copy.join("checkpoint/epoch-4.tmp").exists());
+    assert_eq!(train::last_checkpoint(&copy), Some(3));
+    assert_eq!(
+        adapter_values(&resumed.model),
+        adapter_values(&full.model),
+        "a resumed run must be bit-identical"
+    );
+}
+#[test]
+fn epoch_checkpoints_hold_the_trainable_parameters_only() {
+    let root = temp_dir("slim");
+    image_folder(&root.join("data"), 2);
+    let dataset = data::detect(&root.join("data")).unwrap();
+    let config = tiny_config(Method::Peanut, 1);
+    let dir = root.join("run");
+    let trained = train::train_image(
+        tiny_vit(3),
+        &dataset,
+        &config,
+        &run(&dir, false),
+        &Default::default(),
+    )
+    .unwrap();
+    let epoch = train::checkpoint::epoch_dir(&dir, 1);
+    let size = |name: &str| std::fs::metadata(epoch.join(name)).unwrap().len() as usize;
+    let total = burn::module::Module::num_params(&tiny_vit(3));
+    let trainable = trained.trainable_params;
+    // f32 values plus names and ids: within a small overhead of 4 bytes per trainable value,
+    // far below the whole model.
+    let model = size("model.mpk");
+    assert!(
+        model >= 4 * trainable,
+        "{model} bytes for {trainable} values"
+    );
+    assert!(
+        model < 4 * trainable + 8 * 1024,
+        "{model} bytes for {trainable} values"
+    );
+    assert!(
+        model * 4 < 4 * total,
+        "{model} bytes vs {total} parameters in the model"
+    );
+    // AdamW keeps two moments per trainable value.
+    let optim = size("optim.mpk");
+    assert!(
+        optim >= 8 * trainable && optim < 8 * trainable + 16 * 1024,
+        "{optim}"
+    );
+    eprintln!(
+        "checkpoint of {trainable} trainable / {total} parameters: model {model} B, optimizer \
+         {optim} B"
+    );
 }

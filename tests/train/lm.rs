@@ -12,8 +12,8 @@ use peanut_train::backend::Selected;
 use peanut_train::cli::{self, Cli, GenerateArgs};
 use peanut_train::data::instruct::{self, Instruction, Task};
 use peanut_train::data::lm_batch::{IGNORE_INDEX, collate};
+use peanut_train::train::causal_lm::forward_loss;
 use peanut_train::train::lm::{self as lm, LmTrainConfig};
-use peanut_train::train::{CausalLm, LossGuard};
 
 use super::*;
 
@@ -161,9 +161,8 @@ fn tiny_lm_config(epochs: usize) -> LmTrainConfig {
 }
 
 fn loss_of(model: &Llama<Selected>, data: &[peanut_train::data::instruct::Tokenized]) -> f64 {
-    let wrapped = CausalLm::new(model.clone(), LossGuard::default(), None, 1);
     let batch = collate(&data.iter().collect::<Vec<_>>(), 0).to_device(&Default::default());
-    common::values(wrapped.forward_loss(batch).loss)[0]
+    common::values(forward_loss(model, batch).loss)[0]
 }
 
 fn logits(model: &Llama<Selected>) -> Vec<f64> {
@@ -353,12 +352,7 @@ fn lm_resume_after_a_crash_equals_an_uninterrupted_run() {
     )
     .unwrap();
     let copy = root.join("copy");
-    std::fs::create_dir_all(copy.join("checkpoint")).unwrap();
-    std::fs::copy(root.join("full/run.json"), copy.join("run.json")).unwrap();
-    for part in ["model", "optim", "scheduler"] {
-        let name = format!("checkpoint/{part}-1.mpk");
-        std::fs::copy(root.join("full").join(&name), copy.join(&name)).unwrap();
-    }
+    copy_epoch(&root.join("full"), &copy, 1);
     let resumed = lm::train_lm(base(), &data, &config, &run(&copy, true), &device).unwrap();
     // Equal up to float reordering in the CPU backend's threaded kernels (a wrong data order,
     // optimizer state or schedule position moves the adapters by orders of magnitude more, as
@@ -387,8 +381,6 @@ fn lm_resume_after_a_crash_equals_an_uninterrupted_run() {
 
 /// The adapted model of the epoch-1 checkpoint of a run in `dir`.
 fn load_epoch_one(dir: &Path) -> Llama<Selected> {
-    use burn::module::Module;
-    use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
     let model_dir = dir.parent().unwrap().join("model");
     let mut model = load(&model_dir);
     let config = LmTrainConfig {
@@ -400,14 +392,7 @@ fn load_epoch_one(dir: &Path) -> Llama<Selected> {
         .adapter
         .attach(&mut model, config.method, &config.targets, &[], config.seed)
         .unwrap();
-    let wrapped = CausalLm::new(model, LossGuard::default(), None, 1)
-        .load_file(
-            dir.join("checkpoint/model-1"),
-            &NamedMpkFileRecorder::<FullPrecisionSettings>::new(),
-            &Default::default(),
-        )
-        .unwrap();
-    wrapped.model
+    train::checkpoint::load_epoch(model, dir, 1, &Default::default()).unwrap()
 }
 
 /// A model whose final norm is zero: every logit is 0, so greedy decoding always picks id 0,

@@ -90,9 +90,22 @@ pub fn tiny_config(method: Method, epochs: usize) -> ImageTrainConfig {
 
 pub fn run(dir: &Path, resume: bool) -> RunOptions {
     RunOptions {
-        dir: dir.to_path_buf(),
         resume,
         label: "test".into(),
+        ..RunOptions::new(dir)
+    }
+}
+
+/// A run directory `to` as a run killed during epoch `epoch + 1` leaves it: `run.json` and the
+/// complete checkpoint of `epoch` copied from the run in `from`.
+pub fn copy_epoch(from: &Path, to: &Path, epoch: usize) {
+    let source = train::checkpoint::epoch_dir(from, epoch);
+    let target = train::checkpoint::epoch_dir(to, epoch);
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::copy(from.join("run.json"), to.join("run.json")).unwrap();
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), target.join(entry.file_name())).unwrap();
     }
 }
 

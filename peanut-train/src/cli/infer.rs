@@ -367,11 +367,11 @@ pub struct InfoArgs {
 }
 
 /// Writes `labels.json` (class names by index) into `dir`, atomically.
-pub(crate) fn write_labels(dir: &Path, classes: &[String]) -> Result<()> {
+pub(crate) fn write_labels(dir: &Path, classes: &[String]) -> Result<PathBuf> {
     let path = dir.join(LABELS_FILE);
     let json = serde_json::to_vec_pretty(classes).expect("labels serialize");
     peanut_models::checkpoint::write_atomic(&path, &json)?;
-    Ok(())
+    Ok(path)
 }
 
 /// `dir/labels.json`, when present.

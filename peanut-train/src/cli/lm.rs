@@ -13,7 +13,7 @@ use crate::data::instruct::{self, Instruction, Task};
 use crate::error::{Result, TrainError};
 use crate::schedule::Decay;
 use crate::train::lm::{self as lm_train, LmEvalReport, LmTrainConfig};
-use crate::train::{Method, RunOptions};
+use crate::train::{self, Method, RunOptions};
 
 const MODEL_HINT: &str = "pass a Hugging Face id or a local directory holding transformers' config.json, the \
      safetensors weights and tokenizer.json of a LlamaForCausalLM or Qwen2ForCausalLM model \
@@ -101,9 +101,13 @@ pub struct TrainLmArgs {
     /// Examples held out for validation (LLM-Adapters' val_set_size); 0 for none.
     #[arg(long, default_value_t = 120)]
     pub val_size: usize,
-    /// Continue the run in `--output-dir` from its last checkpoint.
-    #[arg(long)]
+    /// Continue the run in `--output-dir` from its last complete checkpoint (or finish its
+    /// export); refused when the run was started with other options.
+    #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
+    /// Start a new run in a `--output-dir` that holds an earlier one, replacing it.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Also write the merged model (transformers format, with tokenizer.json) to
     /// `<output-dir>/merged`.
     #[arg(long)]
@@ -255,15 +259,23 @@ pub fn train_lm(args: TrainLmArgs) -> Result<()> {
     let run = RunOptions {
         dir: args.output_dir.clone(),
         resume: args.resume,
+        overwrite: args.overwrite,
         label: format!("{} lm", config.method.name()),
+        model: args.model.display().to_string(),
     };
     let trained = lm_train::train_lm(model, &data, &config, &run, &device)?;
     println!("{} trainable parameters", trained.trainable_params);
     let export_dir = args.output_dir.join("export");
-    for path in lm_train::export_lm(&trained.model, &export_dir, args.model.to_str())? {
+    let written = train::export_atomically(&export_dir, |staging| {
+        let written = lm_train::export_lm(&trained.model, staging, args.model.to_str())?;
         if config.method == Method::Full {
-            copy_tokenizer(&model_dir, &path)?;
+            for path in &written {
+                copy_tokenizer(&model_dir, path)?;
+            }
         }
+        Ok(written)
+    })?;
+    for path in written {
         println!("wrote {}", path.display());
     }
     if args.merged {

@@ -7,14 +7,17 @@ use burn::data::dataloader::DataLoaderBuilder;
 use burn::optim::AdamWConfig;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor};
-use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric, TopKAccuracyMetric};
+use burn::train::metric::{AccuracyMetric, LossMetric, TopKAccuracyMetric};
 use burn::train::{Interrupter, Learner, SupervisedTraining};
 use peanut_models::{AdaptableModel, Vit};
 use serde::{Deserialize, Serialize};
 
-use super::classifier::{ImageClassifier, LossGuard, OptimSettings};
+use super::checkpoint;
+use super::classifier::ImageClassifier;
+use super::guard::LossGuard;
 use super::metrics::ThroughputMetric;
 use super::run::{self, AdapterOptions, Method, RunOptions};
+use super::step::{GroupLearningRate, LearningRates, StepSettings};
 use crate::data::{
     EpochOrder, ImageBatcher, ImageDataset, ImageSplit, Normalization, SampleRef, Transform,
 };
@@ -182,7 +185,8 @@ pub fn train_image<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<TrainedImage<B::InnerBackend>> {
     config.validate()?;
-    let start_epoch = run::begin(run, config, config.epochs)?;
+    let base_fingerprint = checkpoint::fingerprint(&model);
+    let start_epoch = run::begin(run, &data.root, config, config.epochs, &base_fingerprint)?;
     B::seed(device, config.seed);
     let (model, trainable_params) = prepare_model(model, config)?;
     let channels = model.config.num_channels;
@@ -215,15 +219,20 @@ pub fn train_image<B: AutodiffBackend>(
     let per_epoch = train_samples.len().div_ceil(config.batch_size);
     let total = per_epoch * config.epochs;
     let warmup = (config.warmup_ratio * total as f64).round() as usize;
-    let scheduler = WarmupDecay::new(config.head_lr, warmup, total, config.decay);
+    // The schedule is a factor (peak 1) of each parameter group's own peak learning rate.
+    let scheduler = WarmupDecay::new(1.0, warmup, total, config.decay);
     let mut optimizer = AdamWConfig::new().with_weight_decay(config.weight_decay as f32);
     optimizer = optimizer.with_epsilon(1e-8);
 
     let interrupter = Interrupter::new();
     let guard = LossGuard::new(interrupter.clone(), start_epoch.unwrap_or(0) * per_epoch);
-    let settings = OptimSettings {
-        body_lr_ratio: config.adapter_lr / config.head_lr,
+    let settings = StepSettings {
+        learning_rates: LearningRates {
+            head: config.head_lr,
+            body: config.adapter_lr,
+        },
         clip_grad_norm: config.clip_grad_norm,
+        loss_divisor: 1,
     };
     let wrapped = ImageClassifier::new(model, guard.clone(), settings);
     let learner = Learner::new(wrapped, optimizer.init(), scheduler);
@@ -235,19 +244,29 @@ pub fn train_image<B: AutodiffBackend>(
             AccuracyMetric::new(),
             TopKAccuracyMetric::new(top_k),
         ))
-        .metric_train_numeric(LearningRateMetric::new())
+        .metric_train_numeric(GroupLearningRate::new("head", config.head_lr))
         .metric_train_numeric(ThroughputMetric::new("images/s"));
+    let training = match config.method {
+        Method::Head => training,
+        Method::Full => {
+            training.metric_train_numeric(GroupLearningRate::new("backbone", config.adapter_lr))
+        }
+        Method::Peanut | Method::Lora => {
+            training.metric_train_numeric(GroupLearningRate::new("adapters", config.adapter_lr))
+        }
+    };
     let training = run::configure(
         training,
         run,
         config.epochs,
         config.grad_accumulation,
         start_epoch,
-        interrupter,
+        interrupter.clone(),
+        &base_fingerprint,
     );
     let result = training.launch(learner);
     drop(result.renderer);
-    run::check_divergence(&guard, run, per_epoch)?;
+    run::check_divergence(&guard, &interrupter, run, per_epoch)?;
     Ok(TrainedImage {
         model: result.model.model,
         trainable_params,

@@ -7,16 +7,18 @@ use std::sync::Arc;
 use burn::data::dataloader::DataLoaderBuilder;
 use burn::optim::AdamWConfig;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::train::metric::{LearningRateMetric, LossMetric};
+use burn::train::metric::LossMetric;
 use burn::train::{Interrupter, Learner, SupervisedTraining};
 use peanut_models::llama::{GenerationConfig, Tokenizer};
 use peanut_models::{AdaptableModel, Llama};
 use serde::{Deserialize, Serialize};
 
 use super::causal_lm::CausalLm;
-use super::classifier::LossGuard;
+use super::checkpoint;
+use super::guard::LossGuard;
 use super::metrics::{ThroughputMetric, TokenAccuracyMetric};
 use super::run::{self, AdapterOptions, Method, RunOptions};
+use super::step::{GroupLearningRate, LearningRates, StepSettings};
 use crate::data::instruct::{self, Instruction, Task, TokenizeOptions, Tokenized};
 use crate::data::rng::SplitMix64;
 use crate::data::{EpochOrder, LmBatcher, SampleRef};
@@ -268,7 +270,8 @@ pub fn train_lm<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<TrainedLm<B::InnerBackend>> {
     config.validate()?;
-    let start_epoch = run::begin(run, config, config.epochs)?;
+    let base_fingerprint = checkpoint::fingerprint(&model);
+    let start_epoch = run::begin(run, &data.path, config, config.epochs, &base_fingerprint)?;
     B::seed(device, config.seed);
     let (model, trainable_params) = prepare_lm(model, config)?;
 
@@ -290,25 +293,26 @@ pub fn train_lm<B: AutodiffBackend>(
     let per_epoch = train.len().div_ceil(config.batch_size);
     let total = per_epoch * config.epochs;
     let warmup = (config.warmup_steps * config.grad_accumulation).min(total);
-    let scheduler = WarmupDecay::new(config.learning_rate, warmup, total, config.decay);
+    // The schedule is a factor (peak 1) of the peak learning rate.
+    let scheduler = WarmupDecay::new(1.0, warmup, total, config.decay);
     let optimizer = AdamWConfig::new()
         .with_weight_decay(config.weight_decay as f32)
         .with_epsilon(1e-8);
 
     let interrupter = Interrupter::new();
     let guard = LossGuard::new(interrupter.clone(), start_epoch.unwrap_or(0) * per_epoch);
-    let wrapped = CausalLm::new(
-        model,
-        guard.clone(),
-        config.clip_grad_norm,
-        config.grad_accumulation,
-    );
+    let settings = StepSettings {
+        learning_rates: LearningRates::uniform(config.learning_rate),
+        clip_grad_norm: config.clip_grad_norm,
+        loss_divisor: config.grad_accumulation,
+    };
+    let wrapped = CausalLm::new(model, guard.clone(), settings);
     let learner = Learner::new(wrapped, optimizer.init(), scheduler);
     let training = SupervisedTraining::new(&run.dir, loader_train, loader_valid)
         .metric_train_numeric(LossMetric::<B>::new())
         .metric_valid_numeric(LossMetric::<B::InnerBackend>::new())
         .metrics((TokenAccuracyMetric::new(),))
-        .metric_train_numeric(LearningRateMetric::new())
+        .metric_train_numeric(GroupLearningRate::new("", config.learning_rate))
         .metric_train_numeric(ThroughputMetric::tokens());
     let training = run::configure(
         training,
@@ -316,11 +320,12 @@ pub fn train_lm<B: AutodiffBackend>(
         config.epochs,
         config.grad_accumulation,
         start_epoch,
-        interrupter,
+        interrupter.clone(),
+        &base_fingerprint,
     );
     let result = training.launch(learner);
     drop(result.renderer);
-    run::check_divergence(&guard, run, per_epoch)?;
+    run::check_divergence(&guard, &interrupter, run, per_epoch)?;
     Ok(TrainedLm {
         model: result.model.model,
         trainable_params,

@@ -1,20 +1,19 @@
 //! What every training pipeline shares: the method and adapter options, the run directory
-//! (`run.json`, checkpoints, `--resume`), the Learner's common settings, the report of a
+//! (`run.json`, crash-safe checkpoints, `--resume`, `--overwrite`, the crash-safe export), the Learner's common settings, the report of a
 //! diverging run, and adapter export.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::Backend;
 use burn::train::checkpoint::KeepLastNCheckpoints;
 use burn::train::{Interrupter, LearningComponentsTypes, SupervisedTraining};
 use peanut::{Activation, AdapterConfig, LoraConfig, PeanutConfig};
 use peanut_models::{AdaptableModel, Targets};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::classifier::LossGuard;
+use super::checkpoint::{self, EpochRecorder};
+use super::guard::LossGuard;
 use crate::error::{Result, TrainError};
 use crate::render::{PlainRenderer, use_dashboard};
 
@@ -51,8 +50,9 @@ pub struct AdapterOptions {
     pub rank: usize,
     /// PEANuT depth in linear maps (2, 4, 6, …).
     pub depth: usize,
-    /// PEANuT activation, by peft / transformers name (`relu`, `gelu`, `silu`, …).
-    pub activation: String,
+    /// PEANuT activation (`--activation` takes peft / transformers names: `relu`, `gelu`,
+    /// `silu`, …).
+    pub activation: Activation,
     /// PEANuT scaling `s`.
     pub scaling: f64,
     /// LoRA `alpha` (scale `alpha / rank`).
@@ -65,7 +65,7 @@ impl Default for AdapterOptions {
         Self {
             rank: 7,
             depth: 2,
-            activation: "relu".into(),
+            activation: Activation::Relu,
             scaling: 1.0,
             lora_alpha: 8.0,
         }
@@ -77,19 +77,9 @@ impl AdapterOptions {
     pub fn config(&self, method: Method) -> Result<Option<AdapterConfig>> {
         Ok(match method {
             Method::Peanut => {
-                let activation = Activation::from_peft_name(&self.activation).ok_or_else(|| {
-                    TrainError::InvalidOption {
-                        option: "--activation",
-                        reason: format!(
-                            "`{}` is not one of relu, gelu, gelu_pytorch_tanh, silu, tanh, \
-                             sigmoid, leaky_relu, linear",
-                            self.activation
-                        ),
-                    }
-                })?;
                 let config = PeanutConfig::new(self.rank)
                     .with_depth(self.depth)
-                    .with_activation(activation)
+                    .with_activation(self.activation)
                     .with_scaling(self.scaling);
                 config.validate()?;
                 Some(config.into())
@@ -138,84 +128,227 @@ impl AdapterOptions {
 pub struct RunOptions {
     /// The run directory: checkpoints, `run.json`, logs, exported adapters.
     pub dir: PathBuf,
-    /// Continue from the last checkpoint in `dir`.
+    /// Continue from the last complete checkpoint in `dir`.
     pub resume: bool,
+    /// Start a new run in `dir` even when it holds an earlier run (whose files are removed).
+    pub overwrite: bool,
     /// A short name shown on progress lines.
     pub label: String,
+    /// Where the base model came from (a path or a hub id), recorded in `run.json`.
+    pub model: String,
 }
 
-/// The last epoch with a complete checkpoint (model, optimizer and scheduler) in `dir`.
-pub fn last_checkpoint(dir: &Path) -> Option<usize> {
-    let entries = std::fs::read_dir(dir.join("checkpoint")).ok()?;
-    let names: Vec<String> = entries
+impl RunOptions {
+    /// A new run in `dir` (no resume, no overwrite), labelled `run`, base model unnamed.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            resume: false,
+            overwrite: false,
+            label: "run".into(),
+            model: String::new(),
+        }
+    }
+}
+
+pub use super::checkpoint::last_checkpoint;
+
+/// What `run.json` holds: what the run was started with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct RunRecord {
+    /// The base model's source ([`RunOptions::model`]).
+    model: String,
+    /// The training data's path.
+    data: String,
+    /// [`checkpoint::fingerprint`] of the base model.
+    base_fingerprint: String,
+    /// The training configuration.
+    config: serde_json::Value,
+}
+
+/// The entries a run writes into its directory; `--overwrite` removes these and nothing else.
+const RUN_ENTRIES: [&str; 9] = [
+    "run.json",
+    checkpoint::FOLDER,
+    "export",
+    "export.tmp",
+    "export.old",
+    "train",
+    "valid",
+    "merged",
+    "experiment.log",
+];
+
+/// The leaves of `value` as (`dotted.path`, value) pairs.
+fn leaves(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                leaves(&path, value, out);
+            }
+        }
+        other => out.push((prefix.to_string(), other.clone())),
+    }
+}
+
+/// The first field where `stored` and `current` differ, in words.
+fn first_difference(stored: &serde_json::Value, current: &serde_json::Value) -> Option<String> {
+    let (mut old, mut new) = (Vec::new(), Vec::new());
+    leaves("", stored, &mut old);
+    leaves("", current, &mut new);
+    let missing = serde_json::Value::String("(absent)".into());
+    let mut names: Vec<&String> = old.iter().chain(&new).map(|(name, _)| name).collect();
+    names.dedup();
+    for name in names {
+        let find = |list: &Vec<(String, serde_json::Value)>| {
+            list.iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| missing.clone())
+        };
+        let (was, now) = (find(&old), find(&new));
+        if was != now {
+            return Some(format!(
+                "`{name}` differs: the run was started with {was}, this command has {now}"
+            ));
+        }
+    }
+    None
+}
+
+/// Some entries of `dir`, comma-separated, or `None` when it is empty or missing. A temporary
+/// `run.json` that a killed process left behind is removed, not counted.
+fn entries_of(dir: &Path) -> Option<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .ok()?
         .filter_map(|e| e.ok())
+        .filter(|e| {
+            let stale = e
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".run.json.tmp-");
+            !(stale && std::fs::remove_file(e.path()).is_ok())
+        })
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    let epoch_of = |prefix: &str, name: &str| {
-        name.strip_prefix(prefix)?
-            .split('.')
-            .next()?
-            .parse::<usize>()
-            .ok()
-    };
-    names
-        .iter()
-        .filter_map(|n| epoch_of("model-", n))
-        .filter(|epoch| {
-            ["optim-", "scheduler-"]
-                .iter()
-                .all(|p| names.iter().any(|n| epoch_of(p, n) == Some(*epoch)))
-        })
-        .max()
+    if names.is_empty() {
+        return None;
+    }
+    names.sort();
+    let more = names.len().saturating_sub(5);
+    names.truncate(5);
+    let mut list = names.join(", ");
+    if more > 0 {
+        list.push_str(&format!(" and {more} more"));
+    }
+    Some(list)
 }
 
-/// Opens `run.dir` for a run of `epochs` epochs with `config`: a fresh run writes `run.json`;
-/// `run.resume` checks it holds the same settings and returns the epoch of the last complete
-/// checkpoint, to continue after.
+/// Opens `run.dir` for a run of `epochs` epochs with `config` on the data at `data`, starting
+/// from a base model with fingerprint `base_fingerprint`. Returns the epoch of the checkpoint to
+/// load (`Some(epochs)` when the run already trained all its epochs: the Learner only loads it),
+/// or `None` to train from the start.
+///
+/// A new run needs an empty (or missing) directory, or `run.overwrite`, and writes `run.json`
+/// (crash-safe). `run.resume` requires `run.json` to match what this run is started with
+/// (naming the first field that differs), removes what a killed process left half-written and
+/// continues after the last complete checkpoint; with no `run.json` in an empty directory (a
+/// run killed before it wrote one) it starts afresh.
 ///
 /// # Errors
-/// Nothing to resume, other settings, a finished run, or an unwritable directory.
-pub(crate) fn begin<C>(run: &RunOptions, config: &C, epochs: usize) -> Result<Option<usize>>
-where
-    C: Serialize + DeserializeOwned + PartialEq,
-{
+/// A non-empty directory for a new run, other settings, or an unwritable directory.
+pub(crate) fn begin<C: Serialize>(
+    run: &RunOptions,
+    data: &Path,
+    config: &C,
+    epochs: usize,
+    base_fingerprint: &str,
+) -> Result<Option<usize>> {
     let dir = &run.dir;
     let path = dir.join("run.json");
-    if !run.resume {
-        std::fs::create_dir_all(dir).map_err(|e| TrainError::io("cannot create", dir, e))?;
-        let json = serde_json::to_vec_pretty(config).expect("config serializes");
-        std::fs::write(&path, json).map_err(|e| TrainError::io("cannot write", &path, e))?;
-        return Ok(None);
-    }
+    let record = RunRecord {
+        model: run.model.clone(),
+        data: data.display().to_string(),
+        base_fingerprint: base_fingerprint.to_string(),
+        config: serde_json::to_value(config).expect("config serializes"),
+    };
     let resume_error = |reason: String| TrainError::Resume {
         path: dir.clone(),
         reason,
     };
-    let epoch = last_checkpoint(dir)
-        .ok_or_else(|| resume_error("no complete checkpoint in its `checkpoint/` folder".into()))?;
-    let bytes = std::fs::read(&path)
-        .map_err(|e| resume_error(format!("cannot read `{}`: {e}", path.display())))?;
-    let stored: C = serde_json::from_slice(&bytes).map_err(|source| TrainError::Json {
-        path: path.clone(),
-        source,
-    })?;
-    if &stored != config {
-        return Err(resume_error(format!(
-            "the run was started with other settings (see `{}`); resume with the same options",
-            path.display()
-        )));
+    if run.resume {
+        if path.is_file() {
+            let bytes =
+                std::fs::read(&path).map_err(|e| TrainError::io("cannot read", &path, e))?;
+            let stored: RunRecord =
+                serde_json::from_slice(&bytes).map_err(|source| TrainError::Json {
+                    path: path.clone(),
+                    source,
+                })?;
+            let stored = serde_json::to_value(&stored).expect("record serializes");
+            let current = serde_json::to_value(&record).expect("record serializes");
+            if let Some(difference) = first_difference(&stored, &current) {
+                return Err(resume_error(format!(
+                    "{difference} (see `{}`); resume with the same options, or start a new run \
+                     with --overwrite",
+                    path.display()
+                )));
+            }
+            checkpoint::clean(dir, |note| eprintln!("{}: {note}", dir.display()))
+                .map_err(|e| TrainError::io("cannot clean up", dir.join(checkpoint::FOLDER), e))?;
+            let last = last_checkpoint(dir);
+            if last == Some(epochs) {
+                eprintln!(
+                    "{}: the run already trained its {epochs} epochs; exporting it from its last \
+                     checkpoint",
+                    dir.display()
+                );
+            }
+            return Ok(last.filter(|&epoch| epoch <= epochs));
+        }
+        if let Some(entries) = entries_of(dir) {
+            return Err(resume_error(format!(
+                "it has no `run.json` (it holds {entries}); it is not a run directory"
+            )));
+        }
+        eprintln!(
+            "{}: nothing to resume (no run started there yet); starting a new run",
+            dir.display()
+        );
+    } else if let Some(entries) = entries_of(dir) {
+        if !run.overwrite {
+            return Err(TrainError::RunDirectoryInUse {
+                path: dir.clone(),
+                entries,
+            });
+        }
+        for name in RUN_ENTRIES {
+            let entry = dir.join(name);
+            let removed = if entry.is_dir() {
+                std::fs::remove_dir_all(&entry)
+            } else if entry.exists() {
+                std::fs::remove_file(&entry)
+            } else {
+                Ok(())
+            };
+            removed.map_err(|e| TrainError::io("cannot remove", &entry, e))?;
+        }
     }
-    if epoch >= epochs {
-        return Err(resume_error(format!(
-            "the run already finished its {epochs} epochs"
-        )));
-    }
-    Ok(Some(epoch))
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::io("cannot create", dir, e))?;
+    let json = serde_json::to_vec_pretty(&record).expect("record serializes");
+    checkpoint::write_atomic(&path, &json).map_err(|e| TrainError::io("cannot write", &path, e))?;
+    Ok(None)
 }
 
-/// The Learner settings every pipeline shares: per-epoch checkpoints in `run.dir/checkpoint`
-/// (the last two kept), the loss guard's `interrupter`, gradient accumulation, the resume
-/// point, and burn's dashboard on a terminal or [`PlainRenderer`] lines otherwise.
+/// The Learner settings every pipeline shares: crash-safe per-epoch checkpoints in
+/// `run.dir/checkpoint` (see [`checkpoint`]; the last two kept), the loss guard's
+/// `interrupter`, gradient accumulation, the resume point, and burn's dashboard on a terminal
+/// or [`PlainRenderer`] lines otherwise.
 pub(crate) fn configure<LC: LearningComponentsTypes>(
     training: SupervisedTraining<LC>,
     run: &RunOptions,
@@ -223,10 +356,11 @@ pub(crate) fn configure<LC: LearningComponentsTypes>(
     grad_accumulation: usize,
     start_epoch: Option<usize>,
     interrupter: Interrupter,
+    base_fingerprint: &str,
 ) -> SupervisedTraining<LC> {
     let mut training = training
-        .with_file_checkpointer(NamedMpkFileRecorder::<FullPrecisionSettings>::new())
-        .with_checkpointing_strategy(KeepLastNCheckpoints::new(2))
+        .with_file_checkpointer(EpochRecorder::new(base_fingerprint))
+        .with_checkpointing_strategy(KeepLastNCheckpoints::new(checkpoint::KEEP))
         .with_interrupter(interrupter)
         .with_application_logger(None)
         .num_epochs(epochs);
@@ -243,20 +377,30 @@ pub(crate) fn configure<LC: LearningComponentsTypes>(
 }
 
 /// [`TrainError::NonFiniteLoss`] when `guard` saw a non-finite loss (`per_epoch` iterations
-/// an epoch), pointing at the last good checkpoint in `run.dir`.
+/// an epoch), pointing at the last good checkpoint in `run.dir`; [`TrainError::Interrupted`]
+/// when the Learner stopped for another reason (a checkpoint it could not write).
 pub(crate) fn check_divergence(
     guard: &LossGuard,
+    interrupter: &Interrupter,
     run: &RunOptions,
     per_epoch: usize,
 ) -> Result<()> {
     let Some(divergence) = guard.divergence() else {
+        if interrupter.should_stop() {
+            return Err(TrainError::Interrupted {
+                path: run.dir.clone(),
+                reason: interrupter
+                    .get_message()
+                    .unwrap_or_else(|| "the Learner was interrupted".into()),
+            });
+        }
         return Ok(());
     };
     let per_epoch = per_epoch.max(1);
     let checkpoint = match last_checkpoint(&run.dir) {
         Some(epoch) => format!(
             "The last good checkpoint (epoch {epoch}) is in `{}`; `--resume` continues from it",
-            run.dir.join("checkpoint").display()
+            checkpoint::epoch_dir(&run.dir, epoch).display()
         ),
         None => "No epoch finished, so there is no checkpoint".to_string(),
     };
@@ -266,6 +410,52 @@ pub(crate) fn check_divergence(
         iteration: (divergence.step - 1) % per_epoch + 1,
         checkpoint,
     })
+}
+
+/// Writes a run's export directory `dir` the crash-safe way: `write` fills a fresh staging
+/// directory beside it (`dir` with `.tmp` appended), whose files are then synced and which
+/// replaces `dir` by renames. A process killed meanwhile leaves the previous `dir` (or none)
+/// and a staging directory the next export removes. Returns what `write` returned, with paths
+/// moved from the staging directory to `dir`.
+///
+/// # Errors
+/// Whatever `write` fails with, or an I/O error naming the path.
+pub fn export_atomically(
+    dir: &Path,
+    write: impl FnOnce(&Path) -> Result<Vec<PathBuf>>,
+) -> Result<Vec<PathBuf>> {
+    let suffixed = |suffix: &str| {
+        let mut name = dir.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    let (staging, old) = (suffixed(".tmp"), suffixed(".old"));
+    for stale in [&staging, &old] {
+        if stale.exists() {
+            std::fs::remove_dir_all(stale)
+                .map_err(|e| TrainError::io("cannot remove", stale, e))?;
+        }
+    }
+    std::fs::create_dir_all(&staging).map_err(|e| TrainError::io("cannot create", &staging, e))?;
+    let written = write(&staging)?;
+    checkpoint::sync_tree(&staging).map_err(|e| TrainError::io("cannot sync", &staging, e))?;
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(|e| TrainError::io("cannot move", dir, e))?;
+    }
+    std::fs::rename(&staging, dir).map_err(|e| TrainError::io("cannot move", &staging, e))?;
+    if let Some(parent) = dir.parent() {
+        checkpoint::sync_dir(parent).map_err(|e| TrainError::io("cannot sync", parent, e))?;
+    }
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| TrainError::io("cannot remove", &old, e))?;
+    }
+    Ok(written
+        .into_iter()
+        .map(|path| match path.strip_prefix(&staging) {
+            Ok(rest) => dir.join(rest),
+            Err(_) => path,
+        })
+        .collect())
 }
 
 /// Writes a model's adapters to `dir/peanut/` (this workspace's format) and, when they are all
