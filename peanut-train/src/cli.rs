@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 use peanut::Activation;
+use peanut_models::vit::ImageProcessorConfig;
 use peanut_models::{AdaptableModel, Vit, VitLoadOptions};
 
 use crate::backend::{self, TrainBackend};
@@ -426,8 +427,22 @@ pub fn train_image_run(args: TrainImageArgs) -> Result<TrainImageOutcome> {
 /// # Errors
 /// Invalid options, unusable data or model, a refused run directory, or a diverging run.
 pub fn train_image_job(job: &ImageJob) -> Result<TrainImageOutcome> {
-    let config = &job.config;
-    config.validate()?;
+    job.config.validate()?;
+    // Pixels are normalised as the checkpoint's `preprocessor_config.json` says (ImageNet
+    // statistics for DINOv2, DeiT, BEiT …); without one, the ViT default (0.5, 0.5) is used
+    // and stderr says so. The size stays `--image-size` (augmentation crops to it).
+    let mut config = job.config.clone();
+    if let Ok(dir) = hub::resolve_model(&job.model, &HubOptions::from_env())
+        && dir.is_dir()
+    {
+        let fallback = ImageProcessorConfig::vit(config.image_size);
+        let (processor, note) = ImageProcessorConfig::from_model_dir(&dir, fallback)?;
+        if let Some(note) = note {
+            eprintln!("{note}");
+        }
+        config.normalization = Normalization::from_processor(&processor);
+    }
+    let config = &config;
     let data = read_dataset(&job.data_dir)?;
     println!(
         "{:?} dataset at {}: {} classes, {} train / {} test images ({} + {} unreadable, skipped)",
