@@ -104,7 +104,7 @@ impl Mutator {
         bytes
     }
 
-    /// A random input or a mutation of one of `valid`, half and half.
+    /// A random input (one case in eight) or a mutation of one of `valid`.
     fn case(&mut self, valid: &[Vec<u8>]) -> Vec<u8> {
         if self.below(8) == 0 {
             self.random(256)
@@ -209,6 +209,10 @@ fn adapter_readers_survive_random_and_mutated_files() {
             let which = m.below(2) as u8;
             let bytes = if which == 0 {
                 m.case(std::slice::from_ref(&native_weights))
+            } else if m.below(2) == 0 {
+                let mut value: serde_json::Value = serde_json::from_slice(&native_config).unwrap();
+                mutate_json(&mut value, &mut m.rng);
+                serde_json::to_vec(&value).unwrap()
             } else {
                 m.case(std::slice::from_ref(&native_config))
             };
@@ -252,46 +256,58 @@ fn adapter_readers_survive_random_and_mutated_files() {
     );
 }
 
-/// Replaces JSON values at random with boundary numbers, strings, `null`s and nestings.
+/// A JSON value a configuration field might wrongly hold: a boundary or random number (of
+/// every sign and size), a string a field might expect elsewhere, `null`, an array, an object.
+fn random_json(rng: &mut SeededRng) -> serde_json::Value {
+    use serde_json::json;
+    match rng.below(12) {
+        0 => json!(INTERESTING[rng.below(INTERESTING.len())]),
+        1 => json!((1u64 << 63) | rng.next_u64()),
+        2 => json!(rng.next_u64() >> rng.below(64)),
+        3 => json!(-(rng.below(1000) as i64)),
+        4 => json!(rng.uniform(-1e300, 1e300)),
+        5 => json!([0.0, -0.0, 1e-320, 0.5, 2.0, 1e300][rng.below(6)]),
+        6 => serde_json::Value::Null,
+        7 => json!(
+            [
+                "relu",
+                "gelu",
+                "silu",
+                "tanh",
+                "PEANUT",
+                "LORA",
+                "leaky_relu",
+                "",
+                "linear"
+            ][rng.below(9)]
+        ),
+        8 => json!([1, "q_proj"]),
+        9 => json!({"r": 1}),
+        10 => json!(rng.below(64)),
+        _ => json!(rng.below(2) == 0),
+    }
+}
+
+/// Replaces one or two fields of a JSON object (or of an object nested in it) with
+/// [`random_json`] values, or removes them.
 fn mutate_json(value: &mut serde_json::Value, rng: &mut SeededRng) {
-    use serde_json::{Value, json};
-    match value {
-        Value::Object(map) => {
-            for (_, field) in map.iter_mut() {
-                mutate_json(field, rng);
-            }
-            if rng.below(6) == 0 {
-                let key = ["r", "depth", "act_fn", "scaling", "peft_type"][rng.below(5)];
-                map.remove(key);
-            }
+    let serde_json::Value::Object(map) = value else {
+        return;
+    };
+    for _ in 0..1 + rng.below(2) {
+        let keys: Vec<String> = map.keys().cloned().collect();
+        if keys.is_empty() {
+            return;
         }
-        Value::Array(items) => items.iter_mut().for_each(|item| mutate_json(item, rng)),
-        _ if rng.below(3) == 0 => {
-            *value = match rng.below(10) {
-                0 => json!(INTERESTING[rng.below(INTERESTING.len())]),
-                1 => json!(-(rng.below(1000) as i64)),
-                2 => json!(rng.uniform(-1e300, 1e300)),
-                3 => json!(1e-320),
-                4 => Value::Null,
-                5 => json!(
-                    [
-                        "relu",
-                        "gelu",
-                        "silu",
-                        "tanh",
-                        "PEANUT",
-                        "leaky_relu",
-                        "",
-                        "x"
-                    ][rng.below(8)]
-                ),
-                6 => json!([1, 2]),
-                7 => json!({"r": 1}),
-                8 => json!(rng.below(64)),
-                _ => json!(true),
-            }
+        let key = keys[rng.below(keys.len())].clone();
+        if map[&key].is_object() && rng.below(2) == 0 {
+            // Into a nested object (native configs keep one per module).
+            mutate_json(map.get_mut(&key).unwrap(), rng);
+        } else if rng.below(8) == 0 {
+            map.remove(&key);
+        } else {
+            map.insert(key, random_json(rng));
         }
-        _ => {}
     }
 }
 
