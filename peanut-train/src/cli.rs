@@ -201,13 +201,13 @@ pub struct TrainImageArgs {
     #[command(flatten)]
     pub adapter: AdapterArgs,
     /// Epochs.
-    #[arg(long, default_value_t = 10, value_parser = values::at_least_one())]
+    #[arg(long, default_value_t = 10, value_parser = values::at_least_one)]
     pub epochs: usize,
     /// Images per forward/backward pass.
-    #[arg(long, default_value_t = 64, value_parser = values::at_least_one())]
+    #[arg(long, default_value_t = 64, value_parser = values::at_least_one)]
     pub batch_size: usize,
     /// Passes accumulated per optimizer step (effective batch = batch-size × this).
-    #[arg(long, default_value_t = 4, value_parser = values::at_least_one())]
+    #[arg(long, default_value_t = 4, value_parser = values::at_least_one)]
     pub grad_accumulation: usize,
     /// Peak learning rate of the classifier head.
     #[arg(long, default_value_t = 1e-2, value_parser = values::positive_f64)]
@@ -231,7 +231,7 @@ pub struct TrainImageArgs {
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Input side in pixels.
-    #[arg(long, default_value_t = 224, value_parser = values::image_size())]
+    #[arg(long, default_value_t = 224, value_parser = values::image_size)]
     pub image_size: u32,
     /// Train without RandomResizedCrop + flip (Resize + CenterCrop instead).
     #[arg(long)]
@@ -282,10 +282,10 @@ pub struct EvalImageArgs {
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// Input side in pixels.
-    #[arg(long, default_value_t = 224, value_parser = values::image_size())]
+    #[arg(long, default_value_t = 224, value_parser = values::image_size)]
     pub image_size: u32,
     /// Images per batch.
-    #[arg(long, default_value_t = 64, value_parser = values::at_least_one())]
+    #[arg(long, default_value_t = 64, value_parser = values::at_least_one)]
     pub batch_size: usize,
 }
 
@@ -302,7 +302,7 @@ pub struct PredictImageArgs {
     #[arg(long, default_value_t = 5)]
     pub top_k: usize,
     /// Input side in pixels.
-    #[arg(long, default_value_t = 224, value_parser = values::image_size())]
+    #[arg(long, default_value_t = 224, value_parser = values::image_size)]
     pub image_size: u32,
     /// Image files (JPEG or PNG).
     #[arg(required = true)]
@@ -323,7 +323,7 @@ pub struct MergeArgs {
     pub output: PathBuf,
     /// Input side in pixels the adapters were trained at (`train image --image-size`); the
     /// merged checkpoint is written at this size. Default: the base checkpoint's.
-    #[arg(long, value_parser = values::image_size())]
+    #[arg(long, value_parser = values::image_size)]
     pub image_size: Option<u32>,
 }
 

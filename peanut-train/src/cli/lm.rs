@@ -65,13 +65,13 @@ pub struct TrainLmArgs {
     #[command(flatten)]
     pub adapter: LmAdapterArgs,
     /// Epochs.
-    #[arg(long, default_value_t = 1, value_parser = values::at_least_one())]
+    #[arg(long, default_value_t = 1, value_parser = values::at_least_one)]
     pub epochs: usize,
     /// Sequences per forward/backward pass.
-    #[arg(long, default_value_t = 4, value_parser = values::at_least_one())]
+    #[arg(long, default_value_t = 4, value_parser = values::at_least_one)]
     pub batch_size: usize,
     /// Passes averaged per optimizer step (effective batch = batch-size × this).
-    #[arg(long, default_value_t = 4, value_parser = values::at_least_one())]
+    #[arg(long, default_value_t = 4, value_parser = values::at_least_one)]
     pub grad_accumulation: usize,
     /// Peak learning rate.
     #[arg(long, default_value_t = 3e-4, value_parser = values::positive_f64)]
@@ -157,7 +157,7 @@ pub struct EvalLmArgs {
     #[arg(long, default_value_t = 32)]
     pub max_new_tokens: usize,
     /// Evaluate only the first this many examples.
-    #[arg(long, value_parser = values::at_least_one())]
+    #[arg(long, value_parser = values::at_least_one)]
     pub limit: Option<usize>,
     /// Write every prediction (question, answer, response, extracted answer, correct) as
     /// JSON lines to this file.

@@ -2,18 +2,34 @@
 //! `--weight-decay NaN`, `--image-size 100000`) is refused by clap while parsing, naming the
 //! option, before anything is loaded.
 
-use clap::builder::RangedU64ValueParser;
-
 use crate::data::transform::MAX_IMAGE_SIZE;
 
 /// A count of at least 1 (`--batch-size`, `--epochs`, `--limit`, …).
-pub fn at_least_one() -> RangedU64ValueParser<usize> {
-    RangedU64ValueParser::<usize>::new().range(1..)
+pub fn at_least_one(text: &str) -> Result<usize, String> {
+    let value: usize = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a whole number"))?;
+    if value >= 1 {
+        Ok(value)
+    } else {
+        Err(format!("must be at least 1, got {value}"))
+    }
 }
 
 /// An image side in pixels, `1..=`[`MAX_IMAGE_SIZE`].
-pub fn image_size() -> RangedU64ValueParser<u32> {
-    RangedU64ValueParser::<u32>::new().range(1..=u64::from(MAX_IMAGE_SIZE))
+pub fn image_size(text: &str) -> Result<u32, String> {
+    let value: u64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a whole number of pixels"))?;
+    if (1..=u64::from(MAX_IMAGE_SIZE)).contains(&value) {
+        Ok(value as u32)
+    } else {
+        Err(format!(
+            "must be between 1 and {MAX_IMAGE_SIZE} pixels, got {value}"
+        ))
+    }
 }
 
 fn finite(text: &str) -> Result<f64, String> {
@@ -61,6 +77,13 @@ mod tests {
         }
         for bad in ["NaN", "inf", "-0.1", "1e400"] {
             assert!(non_negative_f64(bad).is_err(), "{bad}");
+        }
+        assert_eq!(at_least_one("3"), Ok(3));
+        assert!(at_least_one("0").unwrap_err().contains("at least 1"));
+        assert!(at_least_one("-1").is_err() && at_least_one("x").is_err());
+        assert_eq!(image_size("1024"), Ok(1024));
+        for bad in ["0", "1025", "100000", "99999999999999999999"] {
+            assert!(image_size(bad).is_err(), "{bad}");
         }
     }
 }
