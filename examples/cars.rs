@@ -66,6 +66,7 @@ fn job_from_args(mut args: impl Iterator<Item = String>) -> Result<ImageJob, Str
 }
 
 fn main() -> ExitCode {
+    peanut_train::backend::tune_allocator();
     let job = match job_from_args(std::env::args().skip(1)) {
         Ok(job) => job,
         Err(message) => {

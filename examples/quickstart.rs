@@ -63,6 +63,7 @@ fn base_config(method: Method) -> ImageTrainConfig {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    peanut_train::backend::tune_allocator();
     let started = Instant::now();
     let dir = std::env::var_os("PEANUT_QUICKSTART_DIR")
         .map(PathBuf::from)

@@ -71,7 +71,7 @@ impl Checkpoint {
                 let shard = match by_file.get(file) {
                     Some(&i) => i,
                     None => {
-                        shards.push(Shard::read(&dir.join(file))?);
+                        shards.push(Shard::read(&shard_path(dir, &index_path, file)?)?);
                         by_file.insert(file.clone(), shards.len() - 1);
                         shards.len() - 1
                     }
@@ -174,7 +174,64 @@ impl Checkpoint {
                 dtype: format!("{:?}", info.dtype),
             }
         })?;
+        if let Some((index, value)) = peanut::io::first_non_finite(&values) {
+            return Err(ModelError::NonFiniteTensor {
+                path: shard.path.clone(),
+                key: key.to_string(),
+                value,
+                index,
+            });
+        }
         Ok(Tensor::from_data(TensorData::new(values, shape), device))
+    }
+}
+
+/// The path of the shard `file` that `index` lists, confined to the checkpoint directory `dir`:
+/// a relative path of plain components (no root, no `..`) whose real location, symbolic links
+/// resolved, lies inside `dir` — or, for a Hugging Face cache snapshot
+/// (`…/snapshots/<commit>/`), inside that repository's `blobs/` directory, where the cache's
+/// links point.
+fn shard_path(dir: &Path, index: &Path, file: &str) -> Result<PathBuf> {
+    use std::path::Component;
+    let refuse = |reason: &str| ModelError::ShardOutsideModel {
+        index: index.to_path_buf(),
+        file: file.to_string(),
+        reason: reason.to_string(),
+    };
+    let relative = Path::new(file);
+    if file.is_empty() || relative.components().next().is_none() {
+        return Err(refuse("is empty"));
+    }
+    if !relative
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(refuse(
+            "is absolute or climbs out of the directory with `..`",
+        ));
+    }
+    let path = dir.join(relative);
+    let Ok(real) = path.canonicalize() else {
+        // A missing file: reading it reports the path.
+        return Ok(path);
+    };
+    let mut roots: Vec<PathBuf> = dir.canonicalize().into_iter().collect();
+    if dir
+        .parent()
+        .and_then(Path::file_name)
+        .is_some_and(|name| name == "snapshots")
+        && let Some(repo) = dir.parent().and_then(Path::parent)
+        && let Ok(blobs) = repo.join("blobs").canonicalize()
+    {
+        roots.push(blobs);
+    }
+    if roots.iter().any(|root| real.starts_with(root)) {
+        Ok(path)
+    } else {
+        Err(refuse(&format!(
+            "is a link to `{}`, outside the directory",
+            real.display()
+        )))
     }
 }
 
@@ -206,7 +263,8 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T
         path: path.to_path_buf(),
         source,
     })?;
-    serde_json::from_slice(&bytes).map_err(|source| ModelError::Json {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    serde_json::from_slice(bytes).map_err(|source| ModelError::Json {
         path: path.to_path_buf(),
         source,
     })

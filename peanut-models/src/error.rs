@@ -76,6 +76,36 @@ pub enum ModelError {
         found: Vec<usize>,
     },
 
+    /// A shard index names a file outside the checkpoint directory.
+    #[error(
+        "`{index}` lists the shard `{file}`, which {reason}; shards must be plain file names \
+         inside the checkpoint directory"
+    )]
+    ShardOutsideModel {
+        /// The shard index (`model.safetensors.index.json`).
+        index: PathBuf,
+        /// The shard file name as the index spells it.
+        file: String,
+        /// Why it is refused.
+        reason: String,
+    },
+
+    /// A checkpoint tensor holds NaN or an infinity.
+    #[error(
+        "tensor `{key}` in `{path}` holds a non-finite value ({value} at flat index {index}); \
+         the checkpoint is corrupt or comes from a diverged run"
+    )]
+    NonFiniteTensor {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The tensor key.
+        key: String,
+        /// The first non-finite value.
+        value: f32,
+        /// Its index in the flattened tensor.
+        index: usize,
+    },
+
     /// A checkpoint tensor is stored with a dtype that is not a float.
     #[error("tensor `{key}` in `{path}` has dtype {dtype}; expected F32, F16, BF16 or F64")]
     UnsupportedDtype {

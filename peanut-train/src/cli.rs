@@ -4,6 +4,7 @@
 
 mod infer;
 mod lm;
+pub mod values;
 
 use std::path::{Path, PathBuf};
 
@@ -179,7 +180,7 @@ pub struct AdapterArgs {
     #[command(flatten)]
     pub shape: AdapterShapeArgs,
     /// LoRA alpha (scale alpha / rank).
-    #[arg(long, default_value_t = 8.0)]
+    #[arg(long, default_value_t = 8.0, value_parser = values::positive_f64)]
     pub lora_alpha: f64,
     /// Linears to adapt, by name or `*` pattern (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "query,value")]
@@ -216,22 +217,22 @@ pub struct TrainImageArgs {
     #[command(flatten)]
     pub adapter: AdapterArgs,
     /// Epochs.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = values::at_least_one)]
     pub epochs: usize,
     /// Images per forward/backward pass.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = values::at_least_one)]
     pub batch_size: usize,
     /// Passes accumulated per optimizer step (effective batch = batch-size × this).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = values::at_least_one)]
     pub grad_accumulation: usize,
     /// Peak learning rate of the classifier head.
-    #[arg(long, default_value_t = 1e-2)]
+    #[arg(long, default_value_t = 1e-2, value_parser = values::positive_f64)]
     pub head_lr: f64,
     /// Peak learning rate of the adapters (of the backbone for `--method full`).
-    #[arg(long, default_value_t = 1e-2)]
+    #[arg(long, default_value_t = 1e-2, value_parser = values::positive_f64)]
     pub adapter_lr: f64,
     /// AdamW weight decay.
-    #[arg(long, default_value_t = 4e-5)]
+    #[arg(long, default_value_t = 4e-5, value_parser = values::non_negative_f64)]
     pub weight_decay: f64,
     /// Fraction of steps of linear warmup.
     #[arg(long, default_value_t = 0.0)]
@@ -246,7 +247,7 @@ pub struct TrainImageArgs {
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Input side in pixels.
-    #[arg(long, default_value_t = 224)]
+    #[arg(long, default_value_t = 224, value_parser = values::image_size)]
     pub image_size: u32,
     /// Train without RandomResizedCrop + flip (Resize + CenterCrop instead).
     #[arg(long)]

@@ -65,6 +65,18 @@ pub enum TrainError {
         source: serde_json::Error,
     },
 
+    /// A line of a JSON-lines file did not parse or lacks fields.
+    #[error("malformed JSON on line {line} of `{path}`: {source}")]
+    JsonLine {
+        /// The file.
+        path: PathBuf,
+        /// The line (1-based).
+        line: usize,
+        /// The parser's error (its line is within this line).
+        #[source]
+        source: serde_json::Error,
+    },
+
     /// A split of a dataset has no usable example.
     #[error("the {split} split at `{path}` has no usable example ({skipped} unreadable)")]
     EmptySplit {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use burn::train::metric::{MetricDefinition, MetricId};
+use burn::train::metric::{MetricDefinition, MetricId, NumericEntry};
 use burn::train::renderer::{
     EvaluationName, EvaluationProgress, MetricState, MetricsRenderer, MetricsRendererEvaluation,
     MetricsRendererTraining, ProgressType, TrainingProgress,
@@ -17,7 +17,9 @@ pub fn use_dashboard() -> bool {
 
 /// A quiet renderer for logs and CI: one line per split at the end of every epoch, and at most
 /// one progress line every `interval` in between. Loss and accuracies are means over the
-/// epoch's batches so far; learning rate and throughput are the latest values.
+/// epoch's examples so far (each batch weighted by its size, as burn's metric logs aggregate
+/// them, so a short last batch counts for what it holds); learning rate and throughput are the
+/// latest values.
 pub struct PlainRenderer {
     names: BTreeMap<String, String>,
     train: BTreeMap<String, Running>,
@@ -44,9 +46,7 @@ impl PlainRenderer {
     fn store(map: &mut BTreeMap<String, Running>, state: MetricState) {
         if let MetricState::Numeric(entry, value) = state {
             let running = map.entry(id_key(&entry.metric_id)).or_default();
-            running.sum += value.current();
-            running.count += 1;
-            running.last = value.current();
+            running.add(&value);
         }
     }
 
@@ -56,11 +56,7 @@ impl PlainRenderer {
             .map(|(id, running)| {
                 let name = self.names.get(id).map(String::as_str).unwrap_or(id);
                 let latest = name.contains("Learning Rate") || name.contains("Throughput");
-                let value = if latest {
-                    running.last
-                } else {
-                    running.sum / running.count.max(1) as f64
-                };
+                let value = if latest { running.last } else { running.mean() };
                 format!("{name} {}", format_value(value))
             })
             .collect();
@@ -102,9 +98,34 @@ impl PlainRenderer {
 /// A metric's values over the current epoch.
 #[derive(Debug, Clone, Copy, Default)]
 struct Running {
+    /// Sum of value × weight.
     sum: f64,
+    /// Sum of the weights: examples for aggregated entries, 1 for plain values.
     count: usize,
     last: f64,
+}
+
+impl Running {
+    /// Adds one batch's entry, weighted by the number of examples it aggregates.
+    fn add(&mut self, entry: &NumericEntry) {
+        let (value, weight) = match entry {
+            NumericEntry::Value(value) => (*value, 1),
+            NumericEntry::Aggregated {
+                aggregated_value,
+                count,
+            } => (*aggregated_value, *count),
+        };
+        if weight > 0 {
+            self.sum += value * weight as f64;
+            self.count += weight;
+        }
+        self.last = value;
+    }
+
+    /// The weighted mean so far.
+    fn mean(&self) -> f64 {
+        self.sum / self.count.max(1) as f64
+    }
 }
 
 fn id_key(id: &MetricId) -> String {
@@ -153,5 +174,29 @@ impl MetricsRenderer for PlainRenderer {
     fn register_metric(&mut self, definition: MetricDefinition) {
         self.names
             .insert(id_key(&definition.metric_id), definition.name.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_means_weight_batches_by_their_size() {
+        // Batches of 4 at 25 % and 2 at 100 %: 3 of 6 right is 50 %, not (25 + 100) / 2.
+        let mut running = Running::default();
+        for (value, count) in [(25.0, 4), (100.0, 2)] {
+            running.add(&NumericEntry::Aggregated {
+                aggregated_value: value,
+                count,
+            });
+        }
+        assert!((running.mean() - 50.0).abs() < 1e-12, "{}", running.mean());
+        assert_eq!(running.last, 100.0);
+        // Plain values count once each.
+        let mut plain = Running::default();
+        plain.add(&NumericEntry::Value(1.0));
+        plain.add(&NumericEntry::Value(3.0));
+        assert_eq!(plain.mean(), 2.0);
     }
 }

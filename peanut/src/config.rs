@@ -57,7 +57,8 @@ impl PeanutConfig {
 
     /// Sets the depth from peft's count of encoder/decoder pairs (`depth = 2 + 2·pairs`).
     pub fn from_peft_depth(self, pairs: usize) -> Self {
-        self.with_depth(2 + 2 * pairs)
+        // Saturating: an absurd count from a file gives an odd depth that `validate` refuses.
+        self.with_depth(pairs.saturating_mul(2).saturating_add(2))
     }
 
     /// Number of residual encoder/decoder pairs, `P = (depth − 2) / 2` (peft's `depth`).

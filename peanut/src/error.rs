@@ -90,6 +90,22 @@ pub enum PeanutError {
         found: Vec<usize>,
     },
 
+    /// A tensor read from a file holds NaN or an infinity.
+    #[error(
+        "tensor `{key}` in `{path}` holds a non-finite value ({value} at flat index {index}); \
+         the file is corrupt or comes from a diverged run"
+    )]
+    NonFiniteTensor {
+        /// The file that was read.
+        path: PathBuf,
+        /// The key of the tensor.
+        key: String,
+        /// The first non-finite value.
+        value: f32,
+        /// Its index in the flattened tensor.
+        index: usize,
+    },
+
     /// A tensor is stored with a dtype `peanut` cannot convert to floats.
     #[error("tensor `{key}` has dtype {dtype}, expected F32, F16, BF16 or F64")]
     UnsupportedDtype {
@@ -97,17 +113,6 @@ pub enum PeanutError {
         key: String,
         /// The dtype as the file spells it.
         dtype: String,
-    },
-
-    /// A tensor read from a file holds NaN or an infinity.
-    #[error("tensor `{key}` in `{path}` holds a non-finite value ({value})")]
-    NonFinite {
-        /// The file.
-        path: PathBuf,
-        /// The key of the tensor.
-        key: String,
-        /// The first non-finite value found.
-        value: f32,
     },
 
     /// An adapter file describes something this crate does not implement.

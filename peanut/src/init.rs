@@ -27,11 +27,40 @@ impl SeededRng {
         z ^ (z >> 31)
     }
 
+    /// A generator for the tuple of `parts` (for example seed, epoch, example index): each
+    /// part is mixed into the state, then one step spreads it.
+    pub fn for_parts(parts: &[u64]) -> Self {
+        let mut rng = Self::new(0x9E37_79B9_7F4A_7C15);
+        for &part in parts {
+            rng.state ^= part;
+            rng.next_u64();
+        }
+        rng
+    }
+
+    /// A uniform draw from `[0, 1)` (53 random mantissa bits).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
     /// A uniform draw from `[low, high)`.
     pub fn uniform(&mut self, low: f64, high: f64) -> f64 {
-        // 53 random mantissa bits -> [0, 1).
-        let unit = (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
-        low + (high - low) * unit
+        low + (high - low) * self.next_f64()
+    }
+
+    /// A uniform integer in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_f64() * n as f64) as usize % n.max(1)
+    }
+
+    /// A random permutation of `0..n` (Fisher–Yates).
+    pub fn permutation(&mut self, n: usize) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            let j = self.below(i + 1);
+            order.swap(i, j);
+        }
+        order
     }
 }
 

@@ -7,12 +7,15 @@
 use std::io::Write;
 use std::sync::Arc;
 
+use burn::data::dataloader::batcher::Batcher;
 use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
-use peanut_train::data::{ImageDataset, ImageSource, Normalization};
+use peanut_train::data::{
+    ImageBatch, ImageBatcher, ImageDataset, ImageSource, Normalization, SampleRef, Transform,
+};
 
 use super::*;
 
@@ -540,6 +543,11 @@ fn hf_metadata() -> KeyValue {
 }
 
 fn write_hf_parquet(path: &Path, rows: &[Row]) {
+    write_parquet(path, rows, Some(vec![hf_metadata()]));
+}
+
+/// Like [`write_hf_parquet`], with the key-value metadata given (`None`: no class names).
+fn write_parquet(path: &Path, rows: &[Row], metadata: Option<Vec<KeyValue>>) {
     let schema = parse_message_type(
         "message schema {
             optional group image {
@@ -555,7 +563,7 @@ fn write_hf_parquet(path: &Path, rows: &[Row]) {
     // Snappy, as `datasets` writes them.
     let properties = WriterProperties::builder()
         .set_compression(parquet::basic::Compression::SNAPPY)
-        .set_key_value_metadata(Some(vec![hf_metadata()]))
+        .set_key_value_metadata(metadata)
         .build();
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let file = std::fs::File::create(path).unwrap();
@@ -817,4 +825,174 @@ fn a_split_with_only_unreadable_images_is_an_error_with_the_count() {
         err.contains("the test split") && err.contains("no usable example (3 unreadable)"),
         "{err}"
     );
+}
+
+// ----------------------------------------------------------------------------------------------
+// Images that read but do not decode, and images too large to decode.
+
+/// Rewrites the PNG at `path` to stop a few bytes into its pixel data: its header still reads
+/// (so the up-front check keeps it), decoding it fails.
+fn truncate_png(path: &Path) {
+    let bytes = std::fs::read(path).unwrap();
+    let idat = bytes.windows(4).position(|w| w == b"IDAT").unwrap();
+    std::fs::write(path, &bytes[..idat + 8]).unwrap();
+}
+
+#[test]
+fn an_undecodable_image_alone_in_a_batch_is_skipped_in_training_validation_and_eval() {
+    let root = temp_dir("truncated");
+    image_folder(&root, 2);
+    write_png(&root.join("train/red/9.png"), 0, 9);
+    truncate_png(&root.join("train/red/9.png"));
+    write_png(&root.join("test/green/9.png"), 1, 9);
+    truncate_png(&root.join("test/green/9.png"));
+    let dataset = data::detect(&root).unwrap();
+    // Their headers read: both are kept until a batch decodes them.
+    assert_eq!((dataset.train.skipped, dataset.test.skipped), (0, 0));
+    assert_eq!(dataset.train.samples.len(), 7);
+
+    // A batch holding only the broken image gets one stand-in example instead of panicking.
+    let samples: Arc<[_]> = dataset.train.samples.clone().into();
+    let broken = samples
+        .iter()
+        .position(|s| file_name(&s.source) == "9.png")
+        .unwrap();
+    let batcher = ImageBatcher::new(samples, Transform::eval(16), Normalization::VIT, 3, 0);
+    let batch: ImageBatch<TrainBackend> = Batcher::batch(
+        &batcher,
+        vec![SampleRef {
+            index: broken,
+            pass: 0,
+        }],
+        &Default::default(),
+    );
+    assert_eq!(batch.images.dims(), [1, 3, 16, 16]);
+    assert_eq!((batcher.skipped(), batcher.stand_ins()), (1, 1));
+
+    // Training and validation in batches of one: the broken images are skipped and counted.
+    let config = ImageTrainConfig {
+        batch_size: 1,
+        ..tiny_config(Method::Peanut, 1)
+    };
+    let device = Default::default();
+    let trained = train::train_image(
+        tiny_vit(3),
+        &dataset,
+        &config,
+        &run(&root.join("run"), false),
+        &device,
+    )
+    .unwrap();
+    assert_eq!(trained.skipped_images, 1);
+    let report = train::evaluate(
+        &trained.model,
+        &dataset.test,
+        16,
+        Normalization::VIT,
+        1,
+        &device,
+    );
+    assert_eq!((report.count, report.skipped), (6, 1));
+    assert!(report.loss.is_finite(), "{report:?}");
+}
+
+/// CRC-32 (IEEE) as PNG chunks use it.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A small valid PNG whose header declares `width × height` pixels (its data holds 16×16).
+fn png_declaring(width: u32, height: u32) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    test_image(0, 0)
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    // Signature (8), IHDR length and type (8), then width and height; the CRC covers type
+    // and data (bytes 12..29) and follows them.
+    assert_eq!(&bytes[12..16], b"IHDR");
+    bytes[16..20].copy_from_slice(&width.to_be_bytes());
+    bytes[20..24].copy_from_slice(&height.to_be_bytes());
+    let crc = crc32(&bytes[12..29]);
+    bytes[29..33].copy_from_slice(&crc.to_be_bytes());
+    bytes
+}
+
+#[test]
+fn images_declaring_huge_or_degenerate_sizes_are_refused_before_decoding() {
+    // The 16×16 original decodes; the header patch itself is sound.
+    let fine = ImageSource::Encoded(png_declaring(16, 16).into());
+    assert!(fine.header_ok() && fine.decode().is_ok());
+    for (width, height, expected) in [
+        (20_000, 20_000, "20000×20000 pixels"),
+        (100_000, 16, "differ by more than"),
+    ] {
+        let source = ImageSource::Encoded(png_declaring(width, height).into());
+        assert!(!source.header_ok(), "{width}×{height}");
+        let err = source.decode().unwrap_err();
+        assert!(err.contains(expected), "{err}");
+    }
+    let gray = ImageSource::Gray {
+        width: 20_000,
+        height: 20_000,
+        pixels: vec![0u8; 16].into(),
+    };
+    assert!(!gray.header_ok() && gray.decode().is_err());
+
+    // In a dataset: skipped and counted up front.
+    let root = temp_dir("huge-image");
+    image_folder(&root, 1);
+    std::fs::write(
+        root.join("train/red/huge.png"),
+        png_declaring(20_000, 20_000),
+    )
+    .unwrap();
+    let dataset = data::detect(&root).unwrap();
+    assert_eq!((dataset.train.samples.len(), dataset.train.skipped), (3, 1));
+}
+
+#[test]
+fn csv_files_with_a_byte_order_mark_read() {
+    let dir = temp_dir("kaggle-bom");
+    kaggle(&dir, true);
+    for name in ["names.csv", "anno_train.csv"] {
+        let path = dir.join(name);
+        let mut bytes = b"\xEF\xBB\xBF".to_vec();
+        bytes.extend(std::fs::read(&path).unwrap());
+        std::fs::write(&path, bytes).unwrap();
+    }
+    let dataset = data::detect(&dir).unwrap();
+    assert_eq!(dataset.classes, CLASSES);
+    assert_eq!((dataset.train.samples.len(), dataset.train.skipped), (6, 0));
+}
+
+#[test]
+fn parquet_without_class_names_and_a_huge_label_is_an_error_not_an_allocation() {
+    let root = temp_dir("parquet-huge-label");
+    let mut rows = hf_rows(1);
+    write_parquet(&root.join("test.parquet"), &rows, None);
+    rows[1].1 = 5_000_000_000;
+    write_parquet(&root.join("train.parquet"), &rows, None);
+    let err = data::detect(&root).unwrap_err().to_string();
+    assert!(
+        err.contains("label 5000000000 without class names"),
+        "{err}"
+    );
+    // Small labels without names still read, named by number.
+    rows[1].1 = 2;
+    write_parquet(&root.join("train.parquet"), &rows, None);
+    assert_eq!(data::detect(&root).unwrap().classes, ["0", "1", "2"]);
 }

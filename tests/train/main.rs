@@ -2,6 +2,7 @@
 //! (one link of the burn-heavy binary) with a module per area.
 
 mod backend;
+mod bad_input;
 mod classify;
 mod cli;
 #[path = "../common/mod.rs"]

@@ -166,7 +166,7 @@ impl From<ResampleArg> for Resample {
 pub struct ProcessorArgs {
     /// Input side in pixels (resize and crop scaled to it). Default: the checkpoint's
     /// `preprocessor_config.json`, else its `config.json` `image_size`.
-    #[arg(long)]
+    #[arg(long, value_parser = super::values::image_size)]
     pub image_size: Option<u32>,
     /// Per-channel mean in 0–1 units (3 comma-separated values, or one for all channels).
     #[arg(long, value_delimiter = ',')]
@@ -265,7 +265,7 @@ pub struct EvalImageArgs {
     #[command(flatten)]
     pub processor: ProcessorArgs,
     /// Images per batch.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = super::values::at_least_one)]
     pub batch_size: usize,
 }
 
@@ -279,7 +279,7 @@ pub struct PredictImageArgs {
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// How many labels to report per image.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = super::values::at_least_one)]
     pub top_k: usize,
     /// Image preparation overrides.
     #[command(flatten)]
@@ -346,13 +346,13 @@ pub struct InfoArgs {
     #[arg(long, value_enum, default_value = "peanut")]
     pub method: Method,
     /// Adapter rank (default: 7 for a ViT, 32 for a LLaMA-style model, as in the paper).
-    #[arg(long)]
+    #[arg(long, value_parser = super::values::at_least_one)]
     pub rank: Option<usize>,
     /// Depth, activation and scaling.
     #[command(flatten)]
     pub shape: AdapterShapeArgs,
     /// LoRA alpha (default: 8 for a ViT, 64 for a LLaMA-style model).
-    #[arg(long)]
+    #[arg(long, value_parser = super::values::positive_f64)]
     pub lora_alpha: Option<f64>,
     /// Linears to adapt, by name or `*` pattern (comma-separated; default: query,value for a
     /// ViT, q_proj,k_proj,v_proj,up_proj,down_proj for a LLaMA-style model).

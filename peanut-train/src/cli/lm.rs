@@ -7,7 +7,7 @@ use clap::Args;
 use peanut_models::llama::{GenerationConfig, Sampling, Tokenizer};
 use peanut_models::{AdaptableModel, Llama};
 
-use super::{AdapterShapeArgs, adapter_dir, resolve_model_dir};
+use super::{AdapterShapeArgs, adapter_dir, resolve_model_dir, values};
 use crate::backend::{self, Selected, TrainBackend};
 use crate::data::instruct::{self, Instruction, Task};
 use crate::error::{Result, TrainError};
@@ -33,7 +33,7 @@ pub struct LmAdapterArgs {
     #[command(flatten)]
     pub shape: AdapterShapeArgs,
     /// LoRA alpha (scale alpha / rank; LLM-Adapters uses 64 at rank 32).
-    #[arg(long, default_value_t = 64.0)]
+    #[arg(long, default_value_t = 64.0, value_parser = values::positive_f64)]
     pub lora_alpha: f64,
     /// Linears to adapt, by name or `*` pattern (comma-separated).
     #[arg(
@@ -65,19 +65,19 @@ pub struct TrainLmArgs {
     #[command(flatten)]
     pub adapter: LmAdapterArgs,
     /// Epochs.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = values::at_least_one)]
     pub epochs: usize,
     /// Sequences per forward/backward pass.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = values::at_least_one)]
     pub batch_size: usize,
     /// Passes averaged per optimizer step (effective batch = batch-size × this).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = values::at_least_one)]
     pub grad_accumulation: usize,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 3e-4)]
+    #[arg(long, default_value_t = 3e-4, value_parser = values::positive_f64)]
     pub lr: f64,
     /// AdamW weight decay.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = values::non_negative_f64)]
     pub weight_decay: f64,
     /// Optimizer steps of linear warmup (LLM-Adapters: 100).
     #[arg(long, default_value_t = 100)]
@@ -161,7 +161,7 @@ pub struct EvalLmArgs {
     #[arg(long, default_value_t = 32)]
     pub max_new_tokens: usize,
     /// Evaluate only the first this many examples.
-    #[arg(long)]
+    #[arg(long, value_parser = values::at_least_one)]
     pub limit: Option<usize>,
     /// Write every prediction (question, answer, response, extracted answer, correct) as
     /// JSON lines to this file.

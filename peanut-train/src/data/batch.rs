@@ -92,8 +92,19 @@ pub struct ImageBatch<B: Backend> {
     pub targets: Tensor<B, 1, Int>,
 }
 
+/// How many other samples a batch whose every image failed to decode tries before it falls
+/// back to a blank image (see [`ImageBatcher`]).
+pub const STAND_IN_TRIES: usize = 32;
+
 /// Decodes, transforms and stacks images, using every CPU core. Images that fail to decode are
 /// left out of the batch and counted in [`ImageBatcher::skipped`].
+///
+/// burn's data loader cannot drop a batch, and a batch of zero examples has no defined loss. So
+/// when *every* image of a batch fails, the batch holds one stand-in instead: the first sample
+/// after the batch's first one (in split order, wrapping, at most [`STAND_IN_TRIES`] tries)
+/// that decodes, or, when none does, a black image with the first item's label. Stand-ins are
+/// counted in [`ImageBatcher::stand_ins`]; they are rare (one per batch of undecodable images)
+/// and [`crate::train::evaluate`] never uses them.
 #[derive(Debug, Clone)]
 pub struct ImageBatcher {
     samples: Arc<[ImageSample]>,
@@ -102,6 +113,7 @@ pub struct ImageBatcher {
     channels: usize,
     seed: u64,
     skipped: Arc<AtomicUsize>,
+    stand_ins: Arc<AtomicUsize>,
 }
 
 impl ImageBatcher {
@@ -121,6 +133,7 @@ impl ImageBatcher {
             channels,
             seed,
             skipped: Arc::new(AtomicUsize::new(0)),
+            stand_ins: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -129,15 +142,56 @@ impl ImageBatcher {
         self.skipped.load(Ordering::Relaxed)
     }
 
-    /// The transformed pixels of one example, or `None` if it does not decode.
+    /// How many batches so far had no decodable image and got a stand-in (see
+    /// [`ImageBatcher`]). Clones share the count.
+    pub fn stand_ins(&self) -> usize {
+        self.stand_ins.load(Ordering::Relaxed)
+    }
+
+    /// The transformed pixels of one example, or `None` if it does not decode (a decoder that
+    /// panics on a malformed file counts as a failure too).
     pub fn load(&self, item: SampleRef) -> Option<(Vec<f32>, usize)> {
         let sample = self.samples.get(item.index)?;
-        let image = sample.source.decode().ok()?;
+        let image =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sample.source.decode()))
+                .ok()?
+                .ok()?;
         let mut rng = SplitMix64::for_parts(&[self.seed, item.pass as u64, item.index as u64]);
         let values = self
             .transform
             .apply(&image, self.channels, &self.normalization, &mut rng);
         Some((values, sample.label))
+    }
+
+    /// One example for a batch none of whose `items` decoded (see [`ImageBatcher`]); the
+    /// samples tried and failed here are not counted again in [`ImageBatcher::skipped`].
+    fn stand_in(&self, items: &[SampleRef]) -> (Vec<f32>, usize) {
+        self.stand_ins.fetch_add(1, Ordering::Relaxed);
+        let len = self.samples.len();
+        let first = items
+            .first()
+            .copied()
+            .unwrap_or(SampleRef { index: 0, pass: 0 });
+        let tries = STAND_IN_TRIES.min(len.saturating_sub(1));
+        let found = (1..=tries)
+            .map(|offset| SampleRef {
+                index: (first.index + offset) % len,
+                pass: first.pass,
+            })
+            .filter(|candidate| !items.contains(candidate))
+            .find_map(|candidate| self.load(candidate));
+        found.unwrap_or_else(|| {
+            let size = self.transform.size();
+            let black = image::DynamicImage::new_rgb8(size, size);
+            let values = Transform::eval(size).apply(
+                &black,
+                self.channels,
+                &self.normalization,
+                &mut SplitMix64::new(0),
+            );
+            let label = self.samples.get(first.index).map_or(0, |s| s.label);
+            (values, label)
+        })
     }
 
     /// Loads `items` in parallel, keeping their order; failures are counted and left out.
@@ -156,7 +210,8 @@ impl ImageBatcher {
                     .collect();
                 handles
                     .into_iter()
-                    .flat_map(|h| h.join().expect("image loading thread panicked"))
+                    .zip(items.chunks(chunk))
+                    .flat_map(|(h, part)| h.join().unwrap_or_else(|_| vec![None; part.len()]))
                     .collect()
             })
         };
@@ -191,13 +246,10 @@ impl ImageBatcher {
 
 impl<B: Backend> Batcher<B, SampleRef, ImageBatch<B>> for ImageBatcher {
     fn batch(&self, items: Vec<SampleRef>, device: &B::Device) -> ImageBatch<B> {
-        let loaded = self.load_all(&items);
-        assert!(
-            !loaded.is_empty(),
-            "none of the {} images of a batch could be decoded ({} unreadable so far)",
-            items.len(),
-            self.skipped()
-        );
+        let mut loaded = self.load_all(&items);
+        if loaded.is_empty() {
+            loaded.push(self.stand_in(&items));
+        }
         self.stack(loaded, device)
     }
 }

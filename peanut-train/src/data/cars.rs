@@ -183,7 +183,9 @@ pub fn read_kaggle(dir: &Path) -> Result<Option<ImageDataset>> {
 
 fn read_text(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|e| TrainError::io("cannot read", path, e))?;
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
+    // Spreadsheet programs save CSV with a UTF-8 byte-order mark.
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    Ok(String::from_utf8_lossy(bytes).into_owned())
 }
 
 /// `fname → 0-based class` from an `anno_*.csv`.

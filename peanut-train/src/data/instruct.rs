@@ -17,7 +17,7 @@ pub struct Instruction {
     /// Optional context.
     #[serde(default)]
     pub input: String,
-    /// The target response.
+    /// The target response (empty when the file has none; [`read_training`] refuses that).
     #[serde(default)]
     pub output: String,
     /// The short answer, when the file has one.
@@ -25,27 +25,119 @@ pub struct Instruction {
     pub answer: Option<String>,
 }
 
-/// Reads a JSON array (or JSON-lines file) of [`Instruction`]s.
+/// An example as the file spells it: `input` and `output` may be absent or `null`, `answer`
+/// may be a number (math datasets) or a boolean.
+#[derive(Deserialize)]
+struct RawInstruction {
+    instruction: String,
+    #[serde(default)]
+    input: Option<String>,
+    #[serde(default)]
+    output: Option<String>,
+    #[serde(default)]
+    answer: Option<serde_json::Value>,
+}
+
+/// Where an example sits in its file, for error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// Index in a JSON array (0-based).
+    Element(usize),
+    /// Line of a JSON-lines file (1-based).
+    Line(usize),
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Element(index) => write!(f, "example {index} (0-based)"),
+            Self::Line(line) => write!(f, "the example on line {line}"),
+        }
+    }
+}
+
+/// Reads a JSON array (or JSON-lines file) of [`Instruction`]s; `output` may be missing (test
+/// files are compared by `answer`). A UTF-8 byte-order mark is skipped; an error in a JSON-lines
+/// file names its line.
 pub fn read(path: &Path) -> Result<Vec<Instruction>> {
     let bytes = std::fs::read(path).map_err(|e| TrainError::io("cannot read", path, e))?;
-    let text = String::from_utf8_lossy(&bytes);
-    let json_err = |source| TrainError::Json {
-        path: path.to_path_buf(),
-        source,
-    };
-    let examples: Vec<Instruction> = if text.trim_start().starts_with('[') {
-        serde_json::from_str(&text).map_err(json_err)?
+    parse(&bytes, path, false)
+}
+
+/// Reads training data as [`read`] does, and also requires every example to have an `output`
+/// (the response trained on); the error names the first example without one.
+pub fn read_training(path: &Path) -> Result<Vec<Instruction>> {
+    let bytes = std::fs::read(path).map_err(|e| TrainError::io("cannot read", path, e))?;
+    parse(&bytes, path, true)
+}
+
+/// Parses the bytes of an instruction file (JSON array or JSON lines) that `path` names in
+/// errors; with `require_output`, an example without `output` is an error.
+pub fn parse(bytes: &[u8], path: &Path, require_output: bool) -> Result<Vec<Instruction>> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let text = String::from_utf8_lossy(bytes);
+    let raw: Vec<(Place, RawInstruction)> = if text.trim_start().starts_with('[') {
+        let examples: Vec<RawInstruction> =
+            serde_json::from_str(&text).map_err(|source| TrainError::Json {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        examples
+            .into_iter()
+            .enumerate()
+            .map(|(index, example)| (Place::Element(index), example))
+            .collect()
     } else {
         text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(serde_json::from_str)
-            .collect::<std::result::Result<_, _>>()
-            .map_err(json_err)?
+            .enumerate()
+            .filter(|(_, line)| !line.trim().is_empty())
+            .map(|(number, line)| {
+                serde_json::from_str(line)
+                    .map(|example| (Place::Line(number + 1), example))
+                    .map_err(|source| TrainError::JsonLine {
+                        path: path.to_path_buf(),
+                        line: number + 1,
+                        source,
+                    })
+            })
+            .collect::<Result<_>>()?
     };
-    if examples.is_empty() {
+    if raw.is_empty() {
         return Err(TrainError::malformed(path, "holds no examples"));
     }
-    Ok(examples)
+    raw.into_iter()
+        .map(|(place, example)| {
+            if require_output && example.output.is_none() {
+                return Err(TrainError::malformed(
+                    path,
+                    format!(
+                        "{place} has no `output` field: training needs the response to learn \
+                         (instruction: {:?})",
+                        example.instruction.chars().take(60).collect::<String>()
+                    ),
+                ));
+            }
+            let answer = match example.answer {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::String(text)) => Some(text),
+                Some(value @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+                    Some(value.to_string())
+                }
+                Some(other) => {
+                    return Err(TrainError::malformed(
+                        path,
+                        format!("{place} has an `answer` that is not text: {other}"),
+                    ));
+                }
+            };
+            Ok(Instruction {
+                instruction: example.instruction,
+                input: example.input.unwrap_or_default(),
+                output: example.output.unwrap_or_default(),
+                answer,
+            })
+        })
+        .collect()
 }
 
 /// The LLM-Adapters (Alpaca) prompt up to and including `### Response:\n`; the response follows.

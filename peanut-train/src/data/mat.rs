@@ -22,6 +22,12 @@ const MI_MATRIX: u32 = 14;
 const MI_COMPRESSED: u32 = 15;
 const MI_UTF8: u32 = 16;
 
+/// Most bytes one compressed element may inflate to: the devkit's largest file holds a few
+/// MB, so a larger stream is a corrupt file or a zip bomb.
+const MAX_INFLATED_BYTES: u64 = 256 * 1024 * 1024;
+/// Deepest nesting of cells and structs read (the devkit nests two levels).
+const MAX_DEPTH: usize = 64;
+
 const MX_CELL: u8 = 1;
 const MX_STRUCT: u8 = 2;
 const MX_CHAR: u8 = 4;
@@ -109,8 +115,14 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<BTreeMap<String, MatValue>, St
         let (kind, data) = if kind == MI_COMPRESSED {
             let mut out = Vec::new();
             flate2::read::ZlibDecoder::new(data)
+                .take(MAX_INFLATED_BYTES + 1)
                 .read_to_end(&mut out)
                 .map_err(|e| format!("cannot inflate a compressed element: {e}"))?;
+            if out.len() as u64 > MAX_INFLATED_BYTES {
+                return Err(format!(
+                    "a compressed element inflates to more than {MAX_INFLATED_BYTES} bytes"
+                ));
+            }
             inflated = out;
             let mut inner = Cursor::new(&inflated);
             let (kind, data) = inner.element()?;
@@ -119,7 +131,7 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<BTreeMap<String, MatValue>, St
             (kind, data.to_vec())
         };
         if kind == MI_MATRIX {
-            let (name, value) = parse_matrix(&data)?;
+            let (name, value) = parse_matrix(&data, 0)?;
             variables.insert(name, value);
         }
     }
@@ -198,7 +210,12 @@ fn numbers(kind: u32, data: &[u8]) -> std::result::Result<Vec<f64>, String> {
     })
 }
 
-fn parse_matrix(data: &[u8]) -> std::result::Result<(String, MatValue), String> {
+fn parse_matrix(data: &[u8], depth: usize) -> std::result::Result<(String, MatValue), String> {
+    if depth > MAX_DEPTH {
+        return Err(format!(
+            "cells or structs nested deeper than {MAX_DEPTH} levels"
+        ));
+    }
     let mut cursor = Cursor::new(data);
     if data.is_empty() {
         // An empty matrix element (e.g. an empty cell).
@@ -234,7 +251,7 @@ fn parse_matrix(data: &[u8]) -> std::result::Result<(String, MatValue), String> 
                 if kind != MI_MATRIX {
                     return Err(format!("cell element of type {kind}, expected a matrix"));
                 }
-                items.push(parse_matrix(inner)?.1);
+                items.push(parse_matrix(inner, depth + 1)?.1);
             }
             MatValue::Cell { dims, items }
         }
@@ -259,7 +276,7 @@ fn parse_matrix(data: &[u8]) -> std::result::Result<(String, MatValue), String> 
                     if kind != MI_MATRIX {
                         return Err(format!("struct field of type {kind}, expected a matrix"));
                     }
-                    values.push(parse_matrix(inner)?.1);
+                    values.push(parse_matrix(inner, depth + 1)?.1);
                 }
                 elements.push(values);
             }

@@ -44,45 +44,126 @@ pub enum ImageSource {
     },
 }
 
+/// Most pixels an image may declare (64 Mi, 8192 × 8192): larger ones are skipped as
+/// unreadable rather than decoded, so a small file declaring a huge size cannot exhaust memory.
+pub const MAX_IMAGE_PIXELS: u64 = 64 * 1024 * 1024;
+
+/// Most bytes one decoded image may take (before its conversion to 8-bit RGB).
+pub const MAX_DECODED_BYTES: u64 = 512 * 1024 * 1024;
+
+/// Largest ratio of an image's long side to its short side: beyond it the evaluation
+/// transform, which resizes the short side to the model's input size, would allocate an
+/// arbitrarily long strip.
+pub const MAX_ASPECT_RATIO: u64 = 64;
+
+/// Checks declared dimensions against [`MAX_IMAGE_PIXELS`] and [`MAX_ASPECT_RATIO`].
+pub fn check_dimensions(width: u32, height: u32) -> std::result::Result<(), String> {
+    let (w, h) = (u64::from(width), u64::from(height));
+    if w == 0 || h == 0 {
+        return Err(format!("the image is empty ({width}×{height})"));
+    }
+    if w * h > MAX_IMAGE_PIXELS {
+        return Err(format!(
+            "the image declares {width}×{height} pixels, more than the {MAX_IMAGE_PIXELS} this \
+             reader decodes"
+        ));
+    }
+    if w.max(h) > MAX_ASPECT_RATIO * w.min(h) {
+        return Err(format!(
+            "the image's {width}×{height} sides differ by more than {MAX_ASPECT_RATIO}×"
+        ));
+    }
+    Ok(())
+}
+
+/// The decoder limits this crate decodes under (sides, allocation).
+fn decode_limits() -> image::Limits {
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_PIXELS.min(u64::from(u32::MAX)) as u32);
+    limits.max_image_height = limits.max_image_width;
+    limits.max_alloc = Some(MAX_DECODED_BYTES);
+    limits
+}
+
+/// Decodes with [`decode_limits`], checking the declared size before any pixel is allocated.
+fn decode_limited<R: std::io::BufRead + std::io::Seek>(
+    reader: image::ImageReader<R>,
+) -> std::result::Result<image::DynamicImage, String> {
+    use image::ImageDecoder;
+    let mut reader = reader.with_guessed_format().map_err(|e| e.to_string())?;
+    // The header is read without limits (no pixel is allocated yet) so that an oversized
+    // image is refused with this crate's message; the limits then bind the decoding.
+    reader.no_limits();
+    let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
+    let (width, height) = decoder.dimensions();
+    check_dimensions(width, height)?;
+    if decoder.total_bytes() > MAX_DECODED_BYTES {
+        return Err(format!(
+            "the image needs {} bytes decoded, more than {MAX_DECODED_BYTES}",
+            decoder.total_bytes()
+        ));
+    }
+    decoder
+        .set_limits(decode_limits())
+        .map_err(|e| e.to_string())?;
+    image::DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())
+}
+
+/// The declared dimensions, within the limits of [`check_dimensions`].
+fn header_dimensions<R: std::io::BufRead + std::io::Seek>(
+    reader: image::ImageReader<R>,
+) -> Option<(u32, u32)> {
+    let mut reader = reader.with_guessed_format().ok()?;
+    reader.no_limits();
+    let (width, height) = reader.into_dimensions().ok()?;
+    check_dimensions(width, height).ok()?;
+    Some((width, height))
+}
+
 impl ImageSource {
-    /// Decodes the image.
+    /// Decodes the image, refusing images beyond [`MAX_IMAGE_PIXELS`], [`MAX_DECODED_BYTES`]
+    /// or [`MAX_ASPECT_RATIO`] before allocating their pixels.
     pub fn decode(&self) -> std::result::Result<image::DynamicImage, String> {
         match self {
-            Self::File(path) => image::ImageReader::open(path)
-                .map_err(|e| e.to_string())?
-                .with_guessed_format()
-                .map_err(|e| e.to_string())?
-                .decode()
-                .map_err(|e| e.to_string()),
-            Self::Encoded(bytes) => image::load_from_memory(bytes).map_err(|e| e.to_string()),
+            Self::File(path) => {
+                decode_limited(image::ImageReader::open(path).map_err(|e| e.to_string())?)
+            }
+            Self::Encoded(bytes) => {
+                decode_limited(image::ImageReader::new(std::io::Cursor::new(&bytes[..])))
+            }
             Self::Gray {
                 width,
                 height,
                 pixels,
-            } => image::GrayImage::from_raw(*width, *height, pixels.to_vec())
-                .map(image::DynamicImage::ImageLuma8)
-                .ok_or_else(|| "pixel count does not match the size".to_string()),
+            } => {
+                check_dimensions(*width, *height)?;
+                image::GrayImage::from_raw(*width, *height, pixels.to_vec())
+                    .map(image::DynamicImage::ImageLuma8)
+                    .ok_or_else(|| "pixel count does not match the size".to_string())
+            }
         }
     }
 
-    /// Whether the image's header can be read (cheap; used to skip unreadable files up front).
+    /// Whether the image's header can be read and declares a size within the limits of
+    /// [`ImageSource::decode`] (cheap; used to skip unreadable files up front).
     pub fn header_ok(&self) -> bool {
         match self {
             Self::File(path) => image::ImageReader::open(path)
-                .and_then(|r| r.with_guessed_format())
                 .ok()
-                .and_then(|r| r.into_dimensions().ok())
-                .is_some_and(|(w, h)| w > 0 && h > 0),
-            Self::Encoded(bytes) => image::ImageReader::new(std::io::Cursor::new(&bytes[..]))
-                .with_guessed_format()
-                .ok()
-                .and_then(|r| r.into_dimensions().ok())
-                .is_some_and(|(w, h)| w > 0 && h > 0),
+                .and_then(header_dimensions)
+                .is_some(),
+            Self::Encoded(bytes) => {
+                header_dimensions(image::ImageReader::new(std::io::Cursor::new(&bytes[..])))
+                    .is_some()
+            }
             Self::Gray {
                 width,
                 height,
                 pixels,
-            } => pixels.len() == (*width as usize) * (*height as usize),
+            } => {
+                check_dimensions(*width, *height).is_ok()
+                    && pixels.len() as u64 == u64::from(*width) * u64::from(*height)
+            }
         }
     }
 }

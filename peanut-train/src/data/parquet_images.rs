@@ -14,6 +14,9 @@ use parquet::schema::types::SchemaDescriptor;
 use super::{ImageDataset, ImageSample, ImageSource, Layout, drop_unreadable, read_dir_sorted};
 use crate::error::{Result, TrainError};
 
+/// Most classes a dataset without class names in its metadata may have (labels `0..` this).
+pub const MAX_UNNAMED_CLASSES: usize = 1 << 20;
+
 /// Label column names tried, in order.
 pub const LABEL_COLUMNS: &[&str] = &["label", "labels", "fine_label", "class"];
 
@@ -79,15 +82,29 @@ pub fn read_dir(dir: &Path) -> Result<Option<ImageDataset>> {
         test.extend(samples);
         test_skipped += skipped;
     }
-    let classes = names.unwrap_or_else(|| {
-        let max = train
-            .iter()
-            .chain(&test)
-            .map(|s| s.label)
-            .max()
-            .unwrap_or(0);
-        (0..=max).map(|i| i.to_string()).collect()
-    });
+    let classes = match names {
+        Some(names) => names,
+        None => {
+            // Without `ClassLabel` names the classes are 0..=the largest label; a label beyond
+            // any real dataset's class count would size that list.
+            let max = train
+                .iter()
+                .chain(&test)
+                .map(|s| s.label)
+                .max()
+                .unwrap_or(0);
+            if max >= MAX_UNNAMED_CLASSES {
+                return Err(TrainError::malformed(
+                    dir,
+                    format!(
+                        "label {max} without class names in the files' metadata: more than \
+                         {MAX_UNNAMED_CLASSES} classes is not a classification dataset"
+                    ),
+                ));
+            }
+            (0..=max).map(|i| i.to_string()).collect()
+        }
+    };
     if let Some(bad) = train.iter().chain(&test).find(|s| s.label >= classes.len()) {
         return Err(TrainError::malformed(
             dir,

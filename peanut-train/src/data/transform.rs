@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use super::rng::SplitMix64;
 
+/// Largest input side the command line accepts (`--image-size`): a ViT at 1024 pixels already
+/// has 4096 patches of 16 pixels, and every pixel of a batch is held as f32 several times over.
+pub const MAX_IMAGE_SIZE: u32 = 1024;
+
 /// Per-channel normalization `(x / 255 − mean) / std`. Hugging Face ViT checkpoints use
 /// mean = std = 0.5 ([`Normalization::VIT`]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -177,7 +177,7 @@ pub fn load_instructions(
     eos: Option<u32>,
     config: &LmTrainConfig,
 ) -> Result<InstructionData> {
-    let examples = instruct::read(path)?;
+    let examples = instruct::read_training(path)?;
     let options = TokenizeOptions {
         cutoff: config.cutoff_len,
         eos,

@@ -314,7 +314,8 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
 
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let bytes = read_file(path)?;
-    serde_json::from_slice(&bytes).map_err(|source| PeanutError::Json {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    serde_json::from_slice(bytes).map_err(|source| PeanutError::Json {
         path: path.to_path_buf(),
         source,
     })
@@ -351,6 +352,16 @@ pub fn decode_floats(data: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
     })
 }
 
+/// The first NaN or infinity of `values` and its index, if any: weights read from a file are
+/// checked with it, so a corrupt or diverged file is refused naming the tensor instead of
+/// turning every output into NaN.
+pub fn first_non_finite(values: &[f32]) -> Option<(usize, f32)> {
+    values
+        .iter()
+        .position(|v| !v.is_finite())
+        .map(|index| (index, values[index]))
+}
+
 /// A float tensor read from a safetensors file as `f32` values and its shape.
 pub(crate) struct RawTensor {
     pub shape: Vec<usize>,
@@ -371,11 +382,12 @@ impl RawTensor {
                 dtype: format!("{:?}", view.dtype()),
             });
         };
-        if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
-            return Err(PeanutError::NonFinite {
+        if let Some((index, value)) = first_non_finite(&values) {
+            return Err(PeanutError::NonFiniteTensor {
                 path: path.to_path_buf(),
                 key: key.to_string(),
-                value: *bad,
+                value,
+                index,
             });
         }
         Ok(Self {
