@@ -1,4 +1,4 @@
-//! The nonlinearity `σ` used inside a PEANuT adapter (spec §4).
+//! The nonlinearity `σ` used inside a PEANuT adapter (docs/METHOD.md §4).
 
 use burn::tensor::{Tensor, activation, backend::Backend};
 use serde::{Deserialize, Serialize};

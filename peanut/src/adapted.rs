@@ -15,8 +15,8 @@ use crate::adapter::Adapter;
 /// [`forward`](AdaptedLinear::forward). [`AdaptedLinear::unfreeze_base`] turns that off for full
 /// fine-tuning through the same model type.
 ///
-/// Merging follows spec §6: every `ΔW` is computed from the ORIGINAL `W0`, which this layer keeps,
-/// so unmerging is exact and the order of adapters does not matter.
+/// Merging follows docs/METHOD.md §6: every `ΔW` is computed from the ORIGINAL `W0`, which this
+/// layer keeps, so unmerging is exact and the order of adapters does not matter.
 #[derive(Module, Debug)]
 pub struct AdaptedLinear<B: Backend> {
     /// The pretrained layer: `W0: [d_input, d_output]` and its bias. Always the original weight,
@@ -136,7 +136,7 @@ impl<B: Backend> AdaptedLinear<B> {
         y
     }
 
-    /// `W0 + ΣᵢΔWᵢ(W0)`: every update from the original weight (spec §6).
+    /// `W0 + ΣᵢΔWᵢ(W0)`: every update from the original weight (docs/METHOD.md §6).
     ///
     /// # Shapes
     /// - output: `[d_input, d_output]`

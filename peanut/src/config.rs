@@ -23,7 +23,7 @@ pub enum OutputInit {
     KaimingUniform,
 }
 
-/// Configuration of a PEANuT adapter (spec §1–§4).
+/// Configuration of a PEANuT adapter (docs/METHOD.md §1–§4).
 ///
 /// `ΔW = s · body(σ(W0·A)) · B` with `A: [d_output, rank]`, `rank × rank` encoder/decoder pairs
 /// in the body, and `B: [rank, d_output]`.
@@ -97,7 +97,7 @@ impl PeanutConfig {
     }
 
     /// Builds an adapter for a `[d_input, d_output]` weight, drawing `A`, the encoders, the
-    /// decoders and `B` (in that order) from `seed` (spec §3).
+    /// decoders and `B` (in that order) from `seed` (docs/METHOD.md §3).
     pub fn init<B: Backend>(
         &self,
         d_input: usize,

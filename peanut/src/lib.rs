@@ -24,7 +24,7 @@
 //! # Ok::<(), peanut::PeanutError>(())
 //! ```
 //!
-//! - [`PeanutConfig`] / [`Peanut`]: the method (spec in `shared/spec/PEANUT.md`).
+//! - [`PeanutConfig`] / [`Peanut`]: the method (documented in `docs/METHOD.md`).
 //! - [`LoraConfig`] / [`Lora`]: the baseline.
 //! - [`AdaptedLinear`]: a frozen `Linear` plus adapters; merge / unmerge.
 //! - [`io`]: adapter files, in this crate's format and in Hugging Face peft's.

@@ -1,4 +1,4 @@
-//! The PEANuT adapter module (spec §1–§3).
+//! The PEANuT adapter module (docs/METHOD.md §1–§3).
 
 use burn::module::{Module, Param};
 use burn::tensor::{Tensor, backend::Backend, module::linear};
@@ -40,7 +40,7 @@ pub struct Peanut<B: Backend> {
 }
 
 impl<B: Backend> Peanut<B> {
-    /// Draws the parameters in the spec's creation order: A, encoders, decoders, B.
+    /// Draws the parameters in the creation order of docs/METHOD.md §2: A, encoders, decoders, B.
     pub(crate) fn init(
         config: &PeanutConfig,
         d_output: usize,

@@ -1,6 +1,6 @@
-//! The properties of spec §8, on the ndarray backend: no-op at init, factorized == materialized,
-//! rank bound, depth reduction, the ReLU/LoRA identity, frozen base under AdamW, merge rules,
-//! file round trips, parameter counts, and the typed errors for bad configs and bad files.
+//! The properties of docs/METHOD.md §8, on the ndarray backend: no-op at init, factorized ==
+//! materialized, rank bound, depth reduction, the ReLU/LoRA identity, frozen base under AdamW,
+//! merge rules, file round trips, parameter counts, and the typed errors for bad configs and bad files.
 
 use burn::backend::{Autodiff, NdArray};
 use burn::module::{AutodiffModule, Module, Param};
