@@ -516,8 +516,12 @@ fn a_fresh_export_carries_head_and_labels_into_peft_and_the_merged_config() {
     let export = root.join("ours_export");
     let with_head = predict(&interop("vit_base"), Some(&export), &[]).unwrap();
     let peft_only = predict(&interop("vit_base"), Some(&export.join("peft")), &[]).unwrap();
+    // The same tensors, read from either format; peft's are stored transposed, so a backend may
+    // sum the products in another order (CPU flex: ~1e-7).
     for (a, b) in with_head.iter().zip(&peft_only) {
-        assert_eq!(a.logits, b.logits);
+        for (x, y) in a.logits.iter().zip(&b.logits) {
+            assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{a:?} vs {b:?}");
+        }
     }
     // labels.json names the classes of the export; the merged config carries them.
     assert_eq!(
