@@ -32,7 +32,7 @@ results="$(mktemp)"
 trap 'rm -f "$results"' EXIT
 for workload in $workloads; do
     echo "== $workload: peanut" >&2
-    target/release/examples/speed "$workload" | tail -n 1 | tee -a "$results" >&2
+    "${CARGO_TARGET_DIR:-target}/release/examples/speed" "$workload" | tail -n 1 | tee -a "$results" >&2
     echo "== $workload: PyTorch + peft" >&2
     "$venv/bin/python" benches/speed_peer.py "$workload" | tail -n 1 | tee -a "$results" >&2
 done
