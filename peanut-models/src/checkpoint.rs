@@ -329,30 +329,22 @@ pub fn write_checkpoint(dir: &Path, tensors: &TensorMap, config: &serde_json::Va
     write_atomic(&dir.join(CONFIG_FILE), &json)
 }
 
-/// Writes `bytes` to `path` crash-safely: a temporary file beside it, flushed to disk, renamed
-/// over `path`, then the directory flushed so the rename itself survives a power cut.
+/// Writes `bytes` to `path` crash-safely ([`peanut::io::write_atomic`]: temporary file, flushed,
+/// renamed, directory flushed).
+///
+/// # Errors
+/// [`ModelError::Io`] naming `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let written = (|| {
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        if let Ok(dir) = fs::File::open(dir) {
-            // Not every platform can sync a directory; the rename is done either way.
-            let _ = dir.sync_all();
-        }
-        Ok(())
-    })();
-    written.map_err(|source| {
-        let _ = fs::remove_file(&tmp);
-        ModelError::Io {
-            action: "cannot write",
-            path: path.to_path_buf(),
+    peanut::io::write_atomic(path, bytes).map_err(|error| match error {
+        peanut::PeanutError::Io {
+            action,
+            path,
             source,
-        }
+        } => ModelError::Io {
+            action,
+            path,
+            source,
+        },
+        other => ModelError::Adapter(other),
     })
 }

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -125,23 +125,13 @@ pub(crate) fn sync_dir(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Writes `bytes` to `path` the crash-safe way: a temporary file beside it, synced, renamed
-/// over `path`, and the directory synced.
+/// Writes `bytes` to `path` the crash-safe way ([`peanut::io::write_atomic`]: a temporary file
+/// beside it, synced, renamed over `path`, and the directory synced).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let parent = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    let tmp = parent.join(format!(
-        ".{}.tmp-{}",
-        name.unwrap_or_default(),
-        std::process::id()
-    ));
-    {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    sync_dir(parent)
+    peanut::io::write_atomic(path, bytes).map_err(|error| match error {
+        peanut::PeanutError::Io { source, .. } => source,
+        other => std::io::Error::other(other),
+    })
 }
 
 /// Syncs every file under `dir`, then the directories themselves.

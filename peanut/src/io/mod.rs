@@ -279,9 +279,13 @@ pub fn check_fits<B: Backend>(
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, flushed to disk,
-/// then renamed over the target. Parent directories are created.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes `bytes` to `path` crash-safely: a temporary file in the same directory, flushed to
+/// disk, renamed over the target, then the directory flushed so the rename itself survives a
+/// power cut. Parent directories are created. Every file this workspace writes goes through here.
+///
+/// # Errors
+/// [`PeanutError::Io`] naming `path` (the temporary file is removed).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let io_err = |action, source| PeanutError::Io {
         action,
         path: path.to_path_buf(),
@@ -295,7 +299,12 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let mut file = fs::File::create(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
-        fs::rename(&tmp, path)
+        fs::rename(&tmp, path)?;
+        if let Ok(dir) = fs::File::open(dir) {
+            // Not every platform can sync a directory; the rename is done either way.
+            let _ = dir.sync_all();
+        }
+        Ok(())
     })();
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
