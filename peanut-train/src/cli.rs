@@ -429,21 +429,6 @@ pub fn train_image_run(args: TrainImageArgs) -> Result<TrainImageOutcome> {
 /// Invalid options, unusable data or model, a refused run directory, or a diverging run.
 pub fn train_image_job(job: &ImageJob) -> Result<TrainImageOutcome> {
     job.config.validate()?;
-    // Pixels are normalised as the checkpoint's `preprocessor_config.json` says (ImageNet
-    // statistics for DINOv2, DeiT, BEiT …); without one, the ViT default (0.5, 0.5) is used
-    // and stderr says so. The size stays `--image-size` (augmentation crops to it).
-    let mut config = job.config.clone();
-    if let Ok(dir) = hub::resolve_model(&job.model, &HubOptions::from_env())
-        && dir.is_dir()
-    {
-        let fallback = ImageProcessorConfig::vit(config.image_size);
-        let (processor, note) = ImageProcessorConfig::from_model_dir(&dir, fallback)?;
-        if let Some(note) = note {
-            eprintln!("{note}");
-        }
-        config.normalization = Normalization::from_processor(&processor);
-    }
-    let config = &config;
     let data = read_dataset(&job.data_dir)?;
     println!(
         "{:?} dataset at {}: {} classes, {} train / {} test images ({} + {} unreadable, skipped)",
@@ -455,8 +440,23 @@ pub fn train_image_job(job: &ImageJob) -> Result<TrainImageOutcome> {
         data.train.skipped,
         data.test.skipped
     );
+    // Resolved once (a hub id may download); `load_vit` takes the directory as it is.
+    let model_dir = hub::resolve_model(&job.model, &HubOptions::from_env())?;
+    // Pixels are normalised as the checkpoint's `preprocessor_config.json` says (ImageNet
+    // statistics for DINOv2, DeiT, BEiT …); without one, the ViT default (0.5, 0.5) is used
+    // and stderr says so. The size stays `--image-size` (augmentation crops to it).
+    let mut config = job.config.clone();
+    if model_dir.is_dir() {
+        let fallback = ImageProcessorConfig::vit(config.image_size);
+        let (processor, note) = ImageProcessorConfig::from_model_dir(&model_dir, fallback)?;
+        if let Some(note) = note {
+            eprintln!("{note}");
+        }
+        config.normalization = Normalization::from_processor(&processor);
+    }
+    let config = &config;
     let model = load_vit(
-        &job.model,
+        &model_dir,
         Some(data.classes.len()),
         Some(config.image_size),
         config.seed,
