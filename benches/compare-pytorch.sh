@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side speed of peanut and PyTorch + peft on this machine, in one run:
 #
-#     bash benches/compare-pytorch.sh                    # every workload, ndarray (the default)
-#     bash benches/compare-pytorch.sh --features flex    # another backend: cargo flags pass through
+#     bash benches/compare-pytorch.sh                    # every workload, flex (the default)
+#     bash benches/compare-pytorch.sh --no-default-features --features ndarray  # another backend
 #     WORKLOADS="generate" bash benches/compare-pytorch.sh
 #
 # Each workload runs in its own process on each stack (`examples/speed.rs` and

@@ -19,7 +19,7 @@ use burn::module::Module;
 use burn::nn::LinearConfig;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::Backend;
-use peanut::AdaptedLinear;
+use peanut::{AdaptedLinear, Precision};
 use peanut_models::{Vit, VitConfig};
 use peanut_train::backend::{self, Selected, TrainBackend};
 use peanut_train::data::{ImageDataset, Normalization, digits};
@@ -59,6 +59,7 @@ fn base_config(method: Method) -> ImageTrainConfig {
         image_size: 8,
         augment: false,
         normalization: NORMALIZATION,
+        precision: Precision::F32,
     }
 }
 

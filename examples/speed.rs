@@ -13,16 +13,22 @@
 //! select (`--features flex`, `wgpu`, `cuda`). The last line printed is one JSON object: the
 //! workload, its throughput, the cores kept busy and the peak resident memory of this process,
 //! measured the same way as the Python peer does.
+//!
+//! The training workloads also take the scale options of `peanut train`:
+//! `PEANUT_SPEED_CHECKPOINTING=1` (gradient checkpointing), `PEANUT_SPEED_PRECISION=bf16` (or
+//! `f16`: the frozen weights' precision) and `PEANUT_SPEED_BATCH=8` (another ViT batch);
+//! `benches/scale-memory.sh` uses them to measure what checkpointing saves.
 
 use std::time::Instant;
 
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use burn::tensor::backend::Backend;
+use burn::tensor::ElementConversion;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
-use peanut::{AdapterConfig, PeanutConfig};
+use peanut::{AdapterConfig, PeanutConfig, Precision};
 use peanut_models::{AdaptableModel, Llama, LlamaConfig, Targets, Vit, VitConfig};
-use peanut_train::backend::{self, Selected, TrainBackend};
+use peanut_train::backend::{self, CheckpointedTrainBackend, Selected, TrainBackend};
 
 /// Training batch of the ViT workloads (the DINOv2-S protocol of the speed issue).
 const VIT_BATCH: usize = 32;
@@ -116,22 +122,65 @@ fn peanut_adapter(rank: usize) -> AdapterConfig {
     PeanutConfig::new(rank).into()
 }
 
+/// `PEANUT_SPEED_CHECKPOINTING=1`: train with gradient checkpointing.
+fn checkpointing() -> bool {
+    std::env::var("PEANUT_SPEED_CHECKPOINTING").is_ok_and(|v| v == "1")
+}
+
+/// `PEANUT_SPEED_PRECISION`: the frozen weights' precision (default f32).
+fn precision() -> Precision {
+    std::env::var("PEANUT_SPEED_PRECISION")
+        .ok()
+        .and_then(|name| Precision::from_name(&name))
+        .unwrap_or_default()
+}
+
+/// `PEANUT_SPEED_BATCH`: the ViT training batch (default [`VIT_BATCH`]).
+fn vit_batch() -> usize {
+    std::env::var("PEANUT_SPEED_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(VIT_BATCH)
+}
+
+/// The scale options of a training workload, as extra JSON fields.
+fn scale_fields() -> String {
+    format!(
+        ", \"checkpointing\": {}, \"precision\": \"{}\"",
+        checkpointing(),
+        precision()
+    )
+}
+
 fn vit_train(steps: usize) {
+    if checkpointing() {
+        vit_train_on::<CheckpointedTrainBackend>(steps)
+    } else {
+        vit_train_on::<TrainBackend>(steps)
+    }
+}
+
+fn vit_train_on<B: AutodiffBackend<Device = burn::tensor::Device<Selected>>>(steps: usize) {
     let device = backend::device();
-    let mut model: Vit<TrainBackend> = vit_config().init(0, &device).expect("valid config");
+    // The same random images in every process, so runs with and without checkpointing (or
+    // in another precision) can compare their losses.
+    B::seed(&device, 7);
+    let batch = vit_batch();
+    let mut model: Vit<B> = vit_config().init(0, &device).expect("valid config");
     model
         .add_adapters(&Targets::vit_qv(), &peanut_adapter(7), 1)
         .expect("query and value exist");
-    let mut model = model.with_trainable_head(true);
-    let mut optimizer = AdamWConfig::new().init::<TrainBackend, Vit<TrainBackend>>();
-    let images = Tensor::<TrainBackend, 4>::random(
-        [VIT_BATCH, 3, image_size(), image_size()],
+    let model = model.with_trainable_head(true);
+    let mut model = peanut::cast_frozen(model, precision());
+    let mut optimizer = AdamWConfig::new().init::<B, Vit<B>>();
+    let images = Tensor::<B, 4>::random(
+        [batch, 3, image_size(), image_size()],
         Distribution::Normal(0.0, 1.0),
         &device,
     );
-    let labels: Vec<i64> = (0..VIT_BATCH).map(|i| (i % VIT_LABELS) as i64).collect();
-    let labels =
-        Tensor::<TrainBackend, 1, Int>::from_data(TensorData::new(labels, [VIT_BATCH]), &device);
+    let labels: Vec<i64> = (0..batch).map(|i| (i % VIT_LABELS) as i64).collect();
+    let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [batch]), &device);
+    let mut last_loss = 0.0;
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let (seconds, cores) = timed(steps, || {
         let logits = model.forward(images.clone());
@@ -139,9 +188,13 @@ fn vit_train(steps: usize) {
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optimizer.step(1e-3, model.clone(), grads);
         // One read-back per step, as a training loop logging its loss would do.
-        let _ = loss.into_data();
+        last_loss = loss.into_scalar().elem::<f64>();
     });
-    report("vit-train", VIT_BATCH as f64 / seconds, "img/s", cores, "");
+    let extra = format!(
+        "{}, \"batch\": {batch}, \"last_loss\": {last_loss:.6}",
+        scale_fields()
+    );
+    report("vit-train", batch as f64 / seconds, "img/s", cores, &extra);
 }
 
 fn vit_infer(steps: usize) {
@@ -185,15 +238,24 @@ fn token_ids<B: Backend>(
 }
 
 fn lm_train(steps: usize) {
+    if checkpointing() {
+        lm_train_on::<CheckpointedTrainBackend>(steps)
+    } else {
+        lm_train_on::<TrainBackend>(steps)
+    }
+}
+
+fn lm_train_on<B: AutodiffBackend<Device = burn::tensor::Device<Selected>>>(steps: usize) {
     let device = backend::device();
     let config = lm_config();
     let vocab = config.vocab_size;
-    let mut model: Llama<TrainBackend> = config.init(0, &device).expect("valid config");
+    let mut model: Llama<B> = config.init(0, &device).expect("valid config");
     model
         .add_adapters(&Targets::llama_qkv_up_down(), &peanut_adapter(8), 1)
         .expect("q, k, v, up, down exist");
-    let mut optimizer = AdamWConfig::new().init::<TrainBackend, Llama<TrainBackend>>();
-    let ids = token_ids::<TrainBackend>(LM_BATCH, LM_TOKENS + 1, vocab, &device);
+    let mut model = peanut::cast_frozen(model, precision());
+    let mut optimizer = AdamWConfig::new().init::<B, Llama<B>>();
+    let ids = token_ids::<B>(LM_BATCH, LM_TOKENS + 1, vocab, &device);
     let inputs = ids.clone().narrow(1, 0, LM_TOKENS);
     let targets = ids.narrow(1, 1, LM_TOKENS).reshape([LM_BATCH * LM_TOKENS]);
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
@@ -213,8 +275,9 @@ fn lm_train(steps: usize) {
         "seq/s",
         cores,
         &format!(
-            ", \"tokens_per_s\": {:.1}",
-            (LM_BATCH * LM_TOKENS) as f64 / seconds
+            ", \"tokens_per_s\": {:.1}{}",
+            (LM_BATCH * LM_TOKENS) as f64 / seconds,
+            scale_fields()
         ),
     );
 }

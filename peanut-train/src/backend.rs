@@ -13,6 +13,8 @@ compile_error!(
     "peanut-train needs a backend feature: `ndarray`, `wgpu`, `cuda`, `flex` or `candle`"
 );
 
+pub use crate::train::parallel::{DeviceKind, DeviceSpec};
+
 /// The inference backend chosen by cargo features.
 #[cfg(feature = "cuda")]
 pub type Selected = burn::backend::Cuda;
@@ -42,6 +44,16 @@ pub type Selected = burn::backend::NdArray<f32>;
 
 /// The training backend: [`Selected`] with automatic differentiation.
 pub type TrainBackend = burn::backend::Autodiff<Selected>;
+
+/// The training backend with gradient checkpointing (`--checkpointing`): burn's balanced
+/// strategy keeps the outputs of compute-bound operations (matrix products) for the backward
+/// pass and recomputes those of memory-bound ones (element-wise operations, activations) from
+/// them, trading some recomputation for activation memory. Gradients are those of
+/// [`TrainBackend`].
+pub type CheckpointedTrainBackend = burn::backend::Autodiff<
+    Selected,
+    burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing,
+>;
 
 /// A short name of the selected backend, for logs and `peanut info`.
 pub const NAME: &str = if cfg!(feature = "cuda") {
@@ -86,4 +98,75 @@ pub fn tune_allocator() {
             mallopt(M_TRIM_THRESHOLD, i32::MAX);
         }
     }
+}
+
+/// The kind of device the selected backend runs on.
+pub const KIND: DeviceKind = if cfg!(feature = "cuda") {
+    DeviceKind::Cuda
+} else if cfg!(feature = "wgpu") {
+    DeviceKind::Wgpu
+} else {
+    DeviceKind::Cpu
+};
+
+/// The devices a `--devices` spec names, on the selected backend.
+///
+/// One device is the backend's default device. On a GPU backend, `cuda:0,1` / `wgpu:0,1` (or
+/// a count, `2`) name GPUs by index (for wgpu, the discrete GPUs in the order wgpu lists
+/// them). On a CPU backend there is one device; `cpu:2` (or `2`) runs two data-parallel
+/// workers on it, which computes the same result as one (the backends already use every
+/// core, so this is for testing the multi-device path, not for speed).
+///
+/// # Errors
+/// A kind the binary was not built for (naming the cargo feature that would be), or a GPU index
+/// beyond the devices present.
+pub fn devices(spec: &DeviceSpec) -> crate::Result<Vec<burn::tensor::Device<Selected>>> {
+    use burn::tensor::backend::{Backend, Device as _};
+    if let Some(kind) = spec.kind
+        && kind != KIND
+    {
+        let feature = match kind {
+            DeviceKind::Cpu => "flex",
+            DeviceKind::Wgpu => "wgpu",
+            DeviceKind::Cuda => "cuda",
+        };
+        return Err(crate::TrainError::InvalidOption {
+            option: "--devices",
+            reason: format!(
+                "this peanut was built for the {NAME} backend ({} devices); `{spec}` needs a \
+                 build with `--features {feature}`",
+                KIND.name()
+            ),
+        });
+    }
+    if spec.len() <= 1 && spec.indices.first().is_none_or(|&i| i == 0) {
+        return Ok(vec![device()]);
+    }
+    let made: Vec<burn::tensor::Device<Selected>> =
+        spec.indices.iter().map(|&index| device_at(index)).collect();
+    if KIND != DeviceKind::Cpu {
+        let type_id = made[0].to_id().type_id;
+        let present = <Selected as Backend>::device_count(type_id);
+        if let Some(missing) = spec.indices.iter().find(|&&i| i >= present) {
+            return Err(crate::TrainError::InvalidOption {
+                option: "--devices",
+                reason: format!(
+                    "{} device {missing} does not exist: {present} found",
+                    KIND.name()
+                ),
+            });
+        }
+    }
+    Ok(made)
+}
+
+/// Device `index` of the selected backend (the CPU for every index on CPU backends).
+#[allow(unused_variables)]
+fn device_at(index: usize) -> burn::tensor::Device<Selected> {
+    #[cfg(feature = "cuda")]
+    return burn::backend::cuda::CudaDevice::new(index);
+    #[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+    return burn::backend::wgpu::WgpuDevice::DiscreteGpu(index);
+    #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+    device()
 }

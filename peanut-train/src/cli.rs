@@ -13,7 +13,7 @@ use peanut::Activation;
 use peanut_models::vit::ImageProcessorConfig;
 use peanut_models::{AdaptableModel, Vit, VitLoadOptions};
 
-use crate::backend::{self, TrainBackend};
+use crate::backend::{self, CheckpointedTrainBackend, Selected, TrainBackend};
 use crate::data::{self, Normalization};
 use crate::error::{Result, TrainError};
 use crate::hub::{self, HubOptions};
@@ -262,6 +262,38 @@ pub struct TrainImageArgs {
     /// Also write the merged model (Hugging Face format) to `<output-dir>/merged`.
     #[arg(long)]
     pub merged: bool,
+    /// How the run executes: devices, gradient checkpointing, precision.
+    #[command(flatten)]
+    pub execution: ExecutionArgs,
+}
+
+/// Where and how a training run computes (`train image` and `train lm`).
+#[derive(Args, Debug, Clone)]
+pub struct ExecutionArgs {
+    /// Train data-parallel on several devices: a count (`2`), or `cuda:0,1`, `wgpu:0,1`
+    /// (GPUs by index), `cpu:2` (workers sharing the CPU; for testing). Each device takes
+    /// batch-size / devices examples per step, so the run computes what one device would.
+    #[arg(long, default_value = "1", value_parser = values::devices)]
+    pub devices: train::DeviceSpec,
+    /// Gradient checkpointing: recompute element-wise activations in the backward pass
+    /// instead of keeping them (less memory, more compute; same gradients).
+    #[arg(long)]
+    pub checkpointing: bool,
+    /// Precision of the frozen base weights: f32, f16 or bf16. Their matrix products run in
+    /// it; adapters, head, norms and the loss stay f32.
+    #[arg(long, default_value = "f32", value_parser = values::precision)]
+    pub precision: peanut::Precision,
+}
+
+impl Default for ExecutionArgs {
+    /// One device, no checkpointing, f32.
+    fn default() -> Self {
+        Self {
+            devices: train::DeviceSpec::default(),
+            checkpointing: false,
+            precision: peanut::Precision::F32,
+        }
+    }
 }
 
 /// Everything a `train image` run needs, built once, from the command line
@@ -278,6 +310,10 @@ pub struct ImageJob {
     pub config: ImageTrainConfig,
     /// Also write the merged model to `<run directory>/merged`.
     pub merged: bool,
+    /// The devices to train on (`--devices`).
+    pub devices: train::DeviceSpec,
+    /// Gradient checkpointing (`--checkpointing`).
+    pub checkpointing: bool,
 }
 
 impl ImageJob {
@@ -295,6 +331,8 @@ impl ImageJob {
             },
             config,
             merged: false,
+            devices: train::DeviceSpec::default(),
+            checkpointing: false,
         }
     }
 }
@@ -314,6 +352,8 @@ impl TrainImageArgs {
             },
             config: self.config(),
             merged: self.merged,
+            devices: self.execution.devices.clone(),
+            checkpointing: self.execution.checkpointing,
         }
     }
 
@@ -337,6 +377,7 @@ impl TrainImageArgs {
             image_size: self.image_size,
             augment: !self.no_augment,
             normalization: Normalization::VIT,
+            precision: self.execution.precision,
         }
     }
 }
@@ -362,12 +403,12 @@ fn require_model_dir(dir: &Path, hint: &str) -> Result<()> {
 }
 
 /// Every `--model` argument goes through here: a directory, or a hub id (cache or download).
-fn load_vit(
+fn load_vit<B: burn::tensor::backend::Backend<Device = burn::tensor::Device<Selected>>>(
     model: &Path,
     num_labels: Option<usize>,
     image_size: Option<u32>,
     seed: u64,
-) -> Result<Vit<TrainBackend>> {
+) -> Result<Vit<B>> {
     let dir = &hub::resolve_model(model, &HubOptions::from_env())?;
     if !dir.is_dir() {
         return Err(TrainError::io(
@@ -455,14 +496,26 @@ pub fn train_image_job(job: &ImageJob) -> Result<TrainImageOutcome> {
         config.normalization = Normalization::from_processor(&processor);
     }
     let config = &config;
-    let model = load_vit(
-        &model_dir,
-        Some(data.classes.len()),
-        Some(config.image_size),
-        config.seed,
-    )?;
-    let device = backend::device();
-    let trained = train::train_image(model, &data, config, &job.run, &device)?;
+    let devices = backend::devices(&job.devices)?;
+    let device = devices[0].clone();
+    // The training backend is a type: gradient checkpointing picks the other one.
+    let trained = if job.checkpointing {
+        let model = load_vit::<CheckpointedTrainBackend>(
+            &model_dir,
+            Some(data.classes.len()),
+            Some(config.image_size),
+            config.seed,
+        )?;
+        train::train_image_on(model, &data, config, &job.run, &devices)?
+    } else {
+        let model = load_vit::<TrainBackend>(
+            &model_dir,
+            Some(data.classes.len()),
+            Some(config.image_size),
+            config.seed,
+        )?;
+        train::train_image_on(model, &data, config, &job.run, &devices)?
+    };
     let report = train::evaluate(
         &trained.model,
         &data.test,

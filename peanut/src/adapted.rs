@@ -2,9 +2,10 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::{Tensor, backend::Backend, module::linear};
+use burn::tensor::{DType, Tensor, backend::Backend};
 
 use crate::adapter::Adapter;
+use crate::precision::{cast_to, linear_as_stored};
 
 /// A linear layer with a frozen base and any number of adapters (usually zero or one).
 ///
@@ -126,12 +127,17 @@ impl<B: Backend> AdaptedLinear<B> {
     /// - output: `[rows, d_output]`
     fn forward_rows(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         if let Some(merged) = &self.merged_weight {
-            return linear(x, merged.clone(), self.bias());
+            return linear_as_stored(x, merged.clone(), self.bias());
         }
+        // A half-precision `W0` (crate::precision) computes its product in half precision;
+        // the adapters read it in the activations' precision (f32).
         let w0 = self.w0();
-        let mut y = linear(x.clone(), w0.clone(), self.bias());
-        for adapter in &self.adapters {
-            y = y + adapter.forward(x.clone(), w0.clone());
+        let mut y = linear_as_stored(x.clone(), w0.clone(), self.bias());
+        if !self.adapters.is_empty() {
+            let w0 = cast_to(w0, x.dtype());
+            for adapter in &self.adapters {
+                y = y + adapter.forward(x.clone(), w0.clone());
+            }
         }
         y
     }
@@ -202,8 +208,26 @@ impl<B: Backend> AdaptedLinear<B> {
 /// # Shapes
 /// - w0: `[d_input, d_output]`
 /// - output: `[d_input, d_output]`
+///
+/// A half-precision `w0` (see [`crate::precision`]) is merged in f32 and the result stored back
+/// in `w0`'s precision.
 pub fn merge_weight<B: Backend>(w0: Tensor<B, 2>, adapters: &[Adapter<B>]) -> Tensor<B, 2> {
-    adapters.iter().fold(w0.clone(), |merged, adapter| {
+    let stored = w0.dtype();
+    let w0 = if adapters.is_empty() {
+        w0
+    } else {
+        cast_to(w0, wide(stored))
+    };
+    let merged = adapters.iter().fold(w0.clone(), |merged, adapter| {
         merged + adapter.delta_weight(w0.clone())
-    })
+    });
+    cast_to(merged, stored)
+}
+
+/// f32 for the half types, `dtype` otherwise.
+fn wide(dtype: DType) -> DType {
+    match dtype {
+        DType::F16 | DType::BF16 => DType::F32,
+        other => other,
+    }
 }

@@ -40,6 +40,7 @@ pub mod io;
 pub mod lora;
 pub mod params;
 pub mod peanut;
+pub mod precision;
 
 pub use activation::Activation;
 pub use adapted::{AdaptedLinear, merge_weight};
@@ -49,3 +50,4 @@ pub use error::{PeanutError, Result};
 pub use lora::Lora;
 pub use params::count_trainable_params;
 pub use peanut::Peanut;
+pub use precision::{Precision, cast_frozen};

@@ -12,6 +12,7 @@ mod datasets;
 mod hub;
 mod interop;
 mod lm;
+mod scale;
 
 use std::path::{Path, PathBuf};
 

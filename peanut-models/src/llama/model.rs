@@ -4,9 +4,10 @@ use std::path::Path;
 
 use burn::module::Module;
 use burn::nn::Embedding;
-use burn::tensor::{Int, Tensor, backend::Backend, module::linear};
+use burn::tensor::{Int, Tensor, backend::Backend};
 use peanut::AdaptedLinear;
 use peanut::io::PeftPaths;
+use peanut::precision::{cast_to, linear_as_stored};
 
 use super::cache::KvCache;
 use super::config::LlamaConfig;
@@ -126,7 +127,7 @@ impl<B: Backend> Llama<B> {
         let x = self.hidden_states(input_ids, cache);
         match &self.lm_head {
             Some(head) => head.forward(x),
-            None => linear(x, self.model.embed_tokens.weight.val().transpose(), None),
+            None => linear_as_stored(x, self.model.embed_tokens.weight.val().transpose(), None),
         }
     }
 
@@ -149,13 +150,13 @@ impl<B: Backend> Llama<B> {
             Some(head) => head.forward(last),
             // `E·hᵀ` reads the `[vocab, hidden]` embedding in its stored layout; `h·Eᵀ` would
             // first copy the transposed embedding (the whole matrix) on some backends.
-            None => self
-                .model
-                .embed_tokens
-                .weight
-                .val()
-                .matmul(last.transpose())
-                .transpose(),
+            // A half-precision embedding (peanut::precision) computes the product in its type.
+            None => {
+                let embedding = self.model.embed_tokens.weight.val();
+                let (dtype, stored) = (last.dtype(), embedding.dtype());
+                let logits = embedding.matmul(cast_to(last, stored).transpose());
+                cast_to(logits.transpose(), dtype)
+            }
         }
     }
 
@@ -173,7 +174,9 @@ impl<B: Backend> Llama<B> {
         let offset = cache.as_ref().map_or(0, |cache| cache.len());
         let device = input_ids.device();
         let (cos, sin) = rotary_tables::<B>(&self.inverse_frequencies, offset, len, &device);
-        let mut x = self.model.embed_tokens.forward(input_ids);
+        // Rows of a half-precision embedding are widened to the norms' type (f32).
+        let embedded = self.model.embed_tokens.forward(input_ids);
+        let mut x = cast_to(embedded, self.model.norm.weight.val().dtype());
         for (i, layer) in self.model.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|cache| (cache, i));
             x = layer.forward(x, &cos, &sin, layer_cache);

@@ -7,8 +7,10 @@ use clap::Args;
 use peanut_models::llama::{GenerationConfig, Sampling, Tokenizer};
 use peanut_models::{AdaptableModel, Llama};
 
-use super::{AdapterShapeArgs, adapter_dir, resolve_model_dir, values};
-use crate::backend::{self, Selected, TrainBackend};
+use super::{AdapterShapeArgs, ExecutionArgs, adapter_dir, resolve_model_dir, values};
+use burn::tensor::backend::AutodiffBackend;
+
+use crate::backend::{self, CheckpointedTrainBackend, Selected, TrainBackend};
 use crate::data::instruct::{self, Instruction, Task};
 use crate::error::{Result, TrainError};
 use crate::schedule::Decay;
@@ -112,6 +114,9 @@ pub struct TrainLmArgs {
     /// `<output-dir>/merged`.
     #[arg(long)]
     pub merged: bool,
+    /// How the run executes: devices, gradient checkpointing, precision.
+    #[command(flatten)]
+    pub execution: ExecutionArgs,
 }
 
 impl TrainLmArgs {
@@ -135,6 +140,7 @@ impl TrainLmArgs {
             cutoff_len: self.cutoff_len,
             train_on_inputs: self.train_on_inputs,
             val_size: self.val_size,
+            precision: self.execution.precision,
         }
     }
 }
@@ -242,28 +248,13 @@ pub fn train_lm(args: TrainLmArgs) -> Result<()> {
     config.validate()?;
     let model_dir = resolve_model_dir(&args.model, MODEL_HINT)?;
     let tokenizer = load_tokenizer(&model_dir)?;
-    let device = backend::device();
-    let model = Llama::<TrainBackend>::from_pretrained(&model_dir, &device)?;
-    let data =
-        lm_train::load_instructions(&args.data, &tokenizer, model.config.eos_token_id, &config)?;
-    println!(
-        "{}: {} examples, {} train / {} validation ({} dropped: no response token within {} \
-         tokens)",
-        data.path.display(),
-        data.examples,
-        data.train.len(),
-        data.valid.len(),
-        data.dropped,
-        config.cutoff_len
-    );
-    let run = RunOptions {
-        dir: args.output_dir.clone(),
-        resume: args.resume,
-        overwrite: args.overwrite,
-        label: format!("{} lm", config.method.name()),
-        model: args.model.display().to_string(),
+    let devices = backend::devices(&args.execution.devices)?;
+    // The training backend is a type: gradient checkpointing picks the other one.
+    let trained = if args.execution.checkpointing {
+        train_lm_on::<CheckpointedTrainBackend>(&args, &config, &model_dir, &tokenizer, &devices)?
+    } else {
+        train_lm_on::<TrainBackend>(&args, &config, &model_dir, &tokenizer, &devices)?
     };
-    let trained = lm_train::train_lm(model, &data, &config, &run, &device)?;
     println!("{} trainable parameters", trained.trainable_params);
     let export_dir = args.output_dir.join("export");
     let written = train::export_atomically(&export_dir, |staging| {
@@ -287,6 +278,39 @@ pub fn train_lm(args: TrainLmArgs) -> Result<()> {
         println!("wrote {}", merged.display());
     }
     Ok(())
+}
+
+/// Loads the model and data of `train lm` on training backend `B` and trains.
+fn train_lm_on<
+    B: AutodiffBackend<InnerBackend = Selected, Device = burn::tensor::Device<Selected>>,
+>(
+    args: &TrainLmArgs,
+    config: &LmTrainConfig,
+    model_dir: &Path,
+    tokenizer: &Tokenizer,
+    devices: &[burn::tensor::Device<Selected>],
+) -> Result<lm_train::TrainedLm<Selected>> {
+    let model = Llama::<B>::from_pretrained(model_dir, &devices[0])?;
+    let data =
+        lm_train::load_instructions(&args.data, tokenizer, model.config.eos_token_id, config)?;
+    println!(
+        "{}: {} examples, {} train / {} validation ({} dropped: no response token within {} \
+         tokens)",
+        data.path.display(),
+        data.examples,
+        data.train.len(),
+        data.valid.len(),
+        data.dropped,
+        config.cutoff_len
+    );
+    let run = RunOptions {
+        dir: args.output_dir.clone(),
+        resume: args.resume,
+        overwrite: args.overwrite,
+        label: format!("{} lm", config.method.name()),
+        model: args.model.display().to_string(),
+    };
+    lm_train::train_lm_on(model, &data, config, &run, devices)
 }
 
 /// `peanut eval lm`: prints the accuracy as one JSON object and returns it.

@@ -34,6 +34,8 @@ pub struct EpochOrder {
     seed: Option<u64>,
     requests: AtomicUsize,
     order: Mutex<(usize, Vec<usize>)>,
+    /// `(per-device batch, devices)` when the order is laid out for data-parallel training.
+    sharding: Option<(usize, usize)>,
 }
 
 impl EpochOrder {
@@ -44,6 +46,45 @@ impl EpochOrder {
             seed,
             requests: AtomicUsize::new(0),
             order: Mutex::new((usize::MAX, Vec::new())),
+            sharding: None,
+        }
+    }
+
+    /// Lays the order out for `devices` data-parallel workers that each take batches of
+    /// `per_device` examples, so that they compute what one device with batches of
+    /// `per_device × devices` would.
+    ///
+    /// burn's multi-device training gives worker `d` the `d`-th of `devices` equal contiguous
+    /// slices of the dataset (the last takes the remainder), and each step takes the next
+    /// batch of every worker. Here worker `d`'s slice holds, for every step `k`, the `d`-th
+    /// part of the single-device batch `k`; the last, partial batch is split as burn's slices
+    /// end (`⌊r / devices⌋` examples each, the remainder to the last worker). So every step
+    /// sees exactly the examples of the single-device step.
+    pub fn for_devices(mut self, per_device: usize, devices: usize) -> Self {
+        if devices > 1 && per_device > 0 {
+            self.sharding = Some((per_device, devices));
+        }
+        self
+    }
+
+    /// The position in the single-device order of position `index` of the sharded layout.
+    fn single_device_position(&self, index: usize) -> usize {
+        let Some((per_device, devices)) = self.sharding else {
+            return index;
+        };
+        let batch = per_device * devices;
+        let full_steps = self.len / batch;
+        let rest = self.len - full_steps * batch;
+        let tail = rest / devices;
+        let slice = full_steps * per_device + tail;
+        // The last worker's slice runs to the end.
+        let device = (index / slice.max(1)).min(devices - 1);
+        let local = index - device * slice;
+        if local < full_steps * per_device {
+            let (step, offset) = (local / per_device, local % per_device);
+            step * batch + device * per_device + offset
+        } else {
+            full_steps * batch + device * tail + (local - full_steps * per_device)
         }
     }
 
@@ -72,8 +113,9 @@ impl Dataset<SampleRef> for EpochOrder {
             return None;
         }
         let pass = self.requests.fetch_add(1, Ordering::SeqCst) / self.len.max(1);
+        let position = self.single_device_position(index);
         Some(SampleRef {
-            index: self.permuted(pass, index),
+            index: self.permuted(pass, position),
             pass,
         })
     }
@@ -251,5 +293,64 @@ impl<B: Backend> Batcher<B, SampleRef, ImageBatch<B>> for ImageBatcher {
             loaded.push(self.stand_in(&items));
         }
         self.stack(loaded, device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// burn's `split_dataloader` slices: `devices` contiguous parts of `len / devices`, the last
+    /// taking the remainder.
+    fn burn_slices(len: usize, devices: usize) -> Vec<std::ops::Range<usize>> {
+        let step = len / devices;
+        (0..devices)
+            .map(|d| {
+                d * step..if d + 1 == devices {
+                    len
+                } else {
+                    (d + 1) * step
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sharded_order_gives_every_step_the_single_device_batch() {
+        for len in [1, 2, 5, 8, 13, 16, 31, 64, 100] {
+            for devices in [2, 3, 4] {
+                for per_device in [1, 2, 3, 5] {
+                    let order = EpochOrder::new(len, None).for_devices(per_device, devices);
+                    let positions: Vec<usize> =
+                        (0..len).map(|i| order.single_device_position(i)).collect();
+                    let mut sorted = positions.clone();
+                    sorted.sort_unstable();
+                    assert_eq!(sorted, (0..len).collect::<Vec<_>>(), "a permutation");
+                    let batch = per_device * devices;
+                    let slices = burn_slices(len, devices);
+                    for step in 0..len / batch {
+                        let mut seen: Vec<usize> = slices
+                            .iter()
+                            .flat_map(|slice| {
+                                let start = slice.start + step * per_device;
+                                positions[start..(start + per_device).min(slice.end)].to_vec()
+                            })
+                            .collect();
+                        seen.sort_unstable();
+                        let expected: Vec<usize> = (step * batch..(step + 1) * batch).collect();
+                        assert_eq!(seen, expected, "len {len}, {devices}×{per_device}, {step}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn one_device_keeps_the_order() {
+        let order = EpochOrder::new(10, Some(3)).for_devices(4, 1);
+        let plain = EpochOrder::new(10, Some(3));
+        for i in 0..10 {
+            assert_eq!(order.get(i).unwrap().index, plain.get(i).unwrap().index);
+        }
     }
 }

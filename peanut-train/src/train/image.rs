@@ -9,6 +9,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor};
 use burn::train::metric::{AccuracyMetric, LossMetric, TopKAccuracyMetric};
 use burn::train::{Interrupter, Learner, SupervisedTraining};
+use peanut::Precision;
 use peanut_models::{AdaptableModel, Vit};
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +63,10 @@ pub struct ImageTrainConfig {
     pub augment: bool,
     /// Pixel normalization (the checkpoint's mean and std).
     pub normalization: Normalization,
+    /// Precision of the frozen base weights (adapters and head train in f32; see
+    /// [`peanut::precision`]).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl Default for ImageTrainConfig {
@@ -87,6 +92,7 @@ impl Default for ImageTrainConfig {
             image_size: 224,
             augment: true,
             normalization: Normalization::VIT,
+            precision: Precision::F32,
         }
     }
 }
@@ -148,7 +154,8 @@ pub struct TrainedImage<B: Backend> {
 }
 
 /// Applies `config.method` to a model: adapters on the targets and a trainable head, a trainable
-/// head only, or everything trainable. Returns the model and its trainable parameter count.
+/// head only, or everything trainable; then stores the frozen weights in `config.precision`.
+/// Returns the model and its trainable parameter count.
 pub fn prepare_model<B: AutodiffBackend>(
     model: Vit<B>,
     config: &ImageTrainConfig,
@@ -166,7 +173,7 @@ pub fn prepare_model<B: AutodiffBackend>(
         _ => model.with_trainable_head(true),
     };
     let trainable = peanut::count_trainable_params(&model);
-    Ok((model, trainable))
+    Ok((peanut::cast_frozen(model, config.precision), trainable))
 }
 
 /// Trains `model` (fresh from a checkpoint, no adapters yet) on `data` with `config`, on
@@ -184,7 +191,26 @@ pub fn train_image<B: AutodiffBackend>(
     run: &RunOptions,
     device: &B::Device,
 ) -> Result<TrainedImage<B::InnerBackend>> {
+    train_image_on(model, data, config, run, std::slice::from_ref(device))
+}
+
+/// [`train_image`] data-parallel on `devices` (burn's multi-device strategy, see
+/// [`super::parallel`]): each device takes `batch_size / devices` examples of every step, and
+/// the result is that of one device. `model` is on the first device.
+///
+/// # Errors
+/// As [`train_image`]; also a batch the devices cannot share evenly, no device, or a precision
+/// the backend lacks.
+pub fn train_image_on<B: AutodiffBackend>(
+    model: Vit<B>,
+    data: &ImageDataset,
+    config: &ImageTrainConfig,
+    run: &RunOptions,
+    devices: &[B::Device],
+) -> Result<TrainedImage<B::InnerBackend>> {
     config.validate()?;
+    let (device, per_device) =
+        run::check_execution::<B>(devices, config.batch_size, config.precision)?;
     let base_fingerprint = checkpoint::fingerprint(&model);
     let start_epoch = run::begin(run, &data.root, config, config.epochs, &base_fingerprint)?;
     B::seed(device, config.seed);
@@ -208,9 +234,10 @@ pub fn train_image<B: AutodiffBackend>(
         config.seed,
     );
     let order = EpochOrder::new(train_samples.len(), Some(config.seed))
-        .starting_at_pass(start_epoch.unwrap_or(0));
+        .starting_at_pass(start_epoch.unwrap_or(0))
+        .for_devices(per_device, devices.len());
     let loader_train = DataLoaderBuilder::<B, SampleRef, _>::new(train_batcher.clone())
-        .batch_size(config.batch_size)
+        .batch_size(per_device)
         .build(order);
     let loader_test = DataLoaderBuilder::<B::InnerBackend, SampleRef, _>::new(test_batcher)
         .batch_size(config.batch_size)
@@ -225,14 +252,18 @@ pub fn train_image<B: AutodiffBackend>(
     optimizer = optimizer.with_epsilon(1e-8);
 
     let interrupter = Interrupter::new();
-    let guard = LossGuard::new(interrupter.clone(), start_epoch.unwrap_or(0) * per_epoch);
+    // The guard counts passes: one per device and step.
+    let passes = per_epoch * devices.len();
+    let guard = LossGuard::new(interrupter.clone(), start_epoch.unwrap_or(0) * passes);
     let settings = StepSettings {
         learning_rates: LearningRates {
             head: config.head_lr,
             body: config.adapter_lr,
         },
         clip_grad_norm: config.clip_grad_norm,
-        loss_divisor: 1,
+        // Accumulated passes are summed (the paper's); devices share one batch, so each
+        // device's mean is divided by their count.
+        loss_divisor: devices.len(),
     };
     let wrapped = ImageClassifier::new(model, guard.clone(), settings);
     let learner = Learner::new(wrapped, optimizer.init(), scheduler);
@@ -263,10 +294,11 @@ pub fn train_image<B: AutodiffBackend>(
         start_epoch,
         interrupter.clone(),
         &base_fingerprint,
+        devices,
     );
     let result = training.launch(learner);
     drop(result.renderer);
-    run::check_divergence(&guard, &interrupter, run, per_epoch)?;
+    run::check_divergence(&guard, &interrupter, run, passes)?;
     Ok(TrainedImage {
         model: result.model.model,
         trainable_params,

@@ -9,6 +9,7 @@ use burn::optim::AdamWConfig;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::train::metric::LossMetric;
 use burn::train::{Interrupter, Learner, SupervisedTraining};
+use peanut::Precision;
 use peanut_models::llama::{GenerationConfig, Tokenizer};
 use peanut_models::{AdaptableModel, Llama};
 use serde::{Deserialize, Serialize};
@@ -67,6 +68,10 @@ pub struct LmTrainConfig {
     pub train_on_inputs: bool,
     /// Examples held out for validation (LLM-Adapters' `val_set_size`); 0 for none.
     pub val_size: usize,
+    /// Precision of the frozen base weights (adapters train in f32; see
+    /// [`peanut::precision`]).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl Default for LmTrainConfig {
@@ -99,6 +104,7 @@ impl Default for LmTrainConfig {
             cutoff_len: 256,
             train_on_inputs: false,
             val_size: 120,
+            precision: Precision::F32,
         }
     }
 }
@@ -232,8 +238,9 @@ pub struct TrainedLm<B: Backend> {
     pub trainable_params: usize,
 }
 
-/// Applies `config.method` to a model: adapters on the targets, or everything trainable.
-/// Returns the model and its trainable parameter count.
+/// Applies `config.method` to a model: adapters on the targets, or everything trainable; then
+/// stores the frozen weights in `config.precision`. Returns the model and its trainable
+/// parameter count.
 pub fn prepare_lm<B: AutodiffBackend>(
     model: Llama<B>,
     config: &LmTrainConfig,
@@ -251,7 +258,7 @@ pub fn prepare_lm<B: AutodiffBackend>(
         model = model.with_trainable_base(true);
     }
     let trainable = peanut::count_trainable_params(&model);
-    Ok((model, trainable))
+    Ok((peanut::cast_frozen(model, config.precision), trainable))
 }
 
 /// Fine-tunes `model` (fresh from a checkpoint, no adapters yet) on `data` with `config`, on
@@ -269,7 +276,28 @@ pub fn train_lm<B: AutodiffBackend>(
     run: &RunOptions,
     device: &B::Device,
 ) -> Result<TrainedLm<B::InnerBackend>> {
+    train_lm_on(model, data, config, run, std::slice::from_ref(device))
+}
+
+/// [`train_lm`] data-parallel on `devices` (burn's multi-device strategy, see
+/// [`super::parallel`]): each device takes `batch_size / devices` sequences of every step.
+/// `model` is on the first device. Each device averages its loss over its own response tokens,
+/// so with unequal token counts the step differs slightly from one device's (as it does across
+/// accumulated passes in transformers' Trainer).
+///
+/// # Errors
+/// As [`train_lm`]; also a batch the devices cannot share evenly, no device, or a precision the
+/// backend lacks.
+pub fn train_lm_on<B: AutodiffBackend>(
+    model: Llama<B>,
+    data: &InstructionData,
+    config: &LmTrainConfig,
+    run: &RunOptions,
+    devices: &[B::Device],
+) -> Result<TrainedLm<B::InnerBackend>> {
     config.validate()?;
+    let (device, per_device) =
+        run::check_execution::<B>(devices, config.batch_size, config.precision)?;
     let base_fingerprint = checkpoint::fingerprint(&model);
     let start_epoch = run::begin(run, &data.path, config, config.epochs, &base_fingerprint)?;
     B::seed(device, config.seed);
@@ -277,11 +305,12 @@ pub fn train_lm<B: AutodiffBackend>(
 
     let train: Arc<[Tokenized]> = data.train.clone().into();
     let valid: Arc<[Tokenized]> = data.valid.clone().into();
-    let order =
-        EpochOrder::new(train.len(), Some(config.seed)).starting_at_pass(start_epoch.unwrap_or(0));
+    let order = EpochOrder::new(train.len(), Some(config.seed))
+        .starting_at_pass(start_epoch.unwrap_or(0))
+        .for_devices(per_device, devices.len());
     let loader_train =
         DataLoaderBuilder::<B, SampleRef, _>::new(LmBatcher::new(train.clone(), PAD_ID))
-            .batch_size(config.batch_size)
+            .batch_size(per_device)
             .build(order);
     let loader_valid = DataLoaderBuilder::<B::InnerBackend, SampleRef, _>::new(LmBatcher::new(
         valid.clone(),
@@ -300,11 +329,14 @@ pub fn train_lm<B: AutodiffBackend>(
         .with_epsilon(1e-8);
 
     let interrupter = Interrupter::new();
-    let guard = LossGuard::new(interrupter.clone(), start_epoch.unwrap_or(0) * per_epoch);
+    // The guard counts passes: one per device and step.
+    let passes = per_epoch * devices.len();
+    let guard = LossGuard::new(interrupter.clone(), start_epoch.unwrap_or(0) * passes);
     let settings = StepSettings {
         learning_rates: LearningRates::uniform(config.learning_rate),
         clip_grad_norm: config.clip_grad_norm,
-        loss_divisor: config.grad_accumulation,
+        // The mean over accumulated passes and devices (transformers' Trainer).
+        loss_divisor: config.grad_accumulation * devices.len(),
     };
     let wrapped = CausalLm::new(model, guard.clone(), settings);
     let learner = Learner::new(wrapped, optimizer.init(), scheduler);
@@ -322,10 +354,11 @@ pub fn train_lm<B: AutodiffBackend>(
         start_epoch,
         interrupter.clone(),
         &base_fingerprint,
+        devices,
     );
     let result = training.launch(learner);
     drop(result.renderer);
-    run::check_divergence(&guard, &interrupter, run, per_epoch)?;
+    run::check_divergence(&guard, &interrupter, run, passes)?;
     Ok(TrainedLm {
         model: result.model.model,
         trainable_params,

@@ -22,6 +22,7 @@ pub mod guard;
 pub mod image;
 pub mod lm;
 pub mod metrics;
+pub mod parallel;
 pub mod run;
 pub mod step;
 
@@ -30,13 +31,14 @@ pub use classifier::ImageClassifier;
 pub use guard::{Divergence, LossGuard};
 pub use image::{
     EvalReport, ImageTrainConfig, TrainedImage, evaluate, evaluate_with, export, prepare_model,
-    train_image,
+    train_image, train_image_on,
 };
 pub use lm::{
     InstructionData, LmEvalReport, LmTrainConfig, Prediction, TrainedLm, evaluate_lm, export_lm,
-    load_instructions, prepare_lm, train_lm,
+    load_instructions, prepare_lm, train_lm, train_lm_on,
 };
 pub use metrics::{ThroughputMetric, TokenAccuracyMetric};
+pub use parallel::{DeviceKind, DeviceSpec};
 pub use run::{
     AdapterOptions, Method, RunOptions, export_adapters, export_atomically, last_checkpoint,
 };

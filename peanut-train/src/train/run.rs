@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use burn::tensor::backend::Backend;
 use burn::train::checkpoint::KeepLastNCheckpoints;
-use burn::train::{Interrupter, LearningComponentsTypes, SupervisedTraining};
-use peanut::{Activation, AdapterConfig, LoraConfig, PeanutConfig};
+use burn::train::{
+    ExecutionStrategy, Interrupter, LearningComponentsTypes, MultiDeviceOptim, SupervisedTraining,
+    TrainingStrategy,
+};
+use peanut::{Activation, AdapterConfig, LoraConfig, PeanutConfig, Precision};
 use peanut_models::{AdaptableModel, Targets};
 use serde::{Deserialize, Serialize};
 
@@ -348,7 +351,9 @@ pub(crate) fn begin<C: Serialize>(
 /// The Learner settings every pipeline shares: crash-safe per-epoch checkpoints in
 /// `run.dir/checkpoint` (see [`checkpoint`]; the last two kept), the loss guard's
 /// `interrupter`, gradient accumulation, the resume point, and burn's dashboard on a terminal
-/// or [`PlainRenderer`] lines otherwise.
+/// or [`PlainRenderer`] lines otherwise; with several `devices`, burn's multi-device strategy
+/// (the optimizer on the first; see [`super::parallel`]).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn configure<LC: LearningComponentsTypes>(
     training: SupervisedTraining<LC>,
     run: &RunOptions,
@@ -357,7 +362,14 @@ pub(crate) fn configure<LC: LearningComponentsTypes>(
     start_epoch: Option<usize>,
     interrupter: Interrupter,
     base_fingerprint: &str,
+    devices: &[burn::tensor::Device<LC::Backend>],
 ) -> SupervisedTraining<LC> {
+    let mut training = training;
+    if devices.len() > 1 {
+        let strategy =
+            ExecutionStrategy::MultiDevice(devices.to_vec(), MultiDeviceOptim::OptimMainDevice);
+        training = training.with_training_strategy(TrainingStrategy::Default(strategy));
+    }
     let mut training = training
         .with_file_checkpointer(EpochRecorder::new(base_fingerprint))
         .with_checkpointing_strategy(KeepLastNCheckpoints::new(checkpoint::KEEP))
@@ -374,6 +386,34 @@ pub(crate) fn configure<LC: LearningComponentsTypes>(
         training = training.renderer(PlainRenderer::new(&run.label, Duration::from_secs(10)));
     }
     training
+}
+
+/// Checks where and how a run computes before anything is written: at least one device, a
+/// batch the devices share evenly, a precision the backend computes in. Returns the first
+/// device and the per-device batch.
+pub(crate) fn check_execution<B: Backend>(
+    devices: &[B::Device],
+    batch_size: usize,
+    precision: Precision,
+) -> Result<(&B::Device, usize)> {
+    let Some(device) = devices.first() else {
+        return Err(TrainError::InvalidOption {
+            option: "--devices",
+            reason: "no device to train on".into(),
+        });
+    };
+    let per_device = super::parallel::per_device_batch(batch_size, devices.len())?;
+    if !precision.is_supported::<B>(device) {
+        return Err(TrainError::InvalidOption {
+            option: "--precision",
+            reason: format!(
+                "the {} backend cannot compute in {precision} on {device:?}; use f32, or a \
+                 backend that has it (flex on the CPU, cuda, wgpu on a GPU with 16-bit floats)",
+                B::name(device)
+            ),
+        });
+    }
+    Ok((device, per_device))
 }
 
 /// [`TrainError::NonFiniteLoss`] when `guard` saw a non-finite loss (`per_epoch` iterations

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Peak memory of one ViT-B/16 training step (224 px, PEANuT r = 7 on query and value, AdamW)
+# with and without gradient checkpointing, and with the frozen weights in bf16:
+#
+#     bash benches/scale-memory.sh                          # batch 8 on the default backend
+#     PEANUT_SPEED_BATCH=32 bash benches/scale-memory.sh    # another batch
+#     bash benches/scale-memory.sh --features cuda          # cargo flags pass through
+#
+# Each setting runs `examples/speed.rs vit-train` in its own process (one warm-up step and one
+# timed step, the same seeded random images) and reports the process's peak resident memory
+# (on a GPU backend this is host memory; `benches/device-check.sh` reads the GPU's) and the
+# loss of its last step, which must agree across settings.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export PEANUT_SPEED_SIZE=large
+export PEANUT_SPEED_BATCH="${PEANUT_SPEED_BATCH:-8}"
+
+echo "== building examples/speed.rs (release) $*" >&2
+cargo build --release --example speed "$@" >&2
+bin="${CARGO_TARGET_DIR:-target}/release/examples/speed"
+
+printf '| setting | images/s | peak RSS MiB | last loss |\n|---|---|---|---|\n'
+for setting in "f32" "f32 checkpointing" "bf16" "bf16 checkpointing"; do
+    precision="${setting%% *}"
+    checkpointing=0
+    [[ "$setting" == *checkpointing ]] && checkpointing=1
+    line="$(PEANUT_SPEED_PRECISION="$precision" PEANUT_SPEED_CHECKPOINTING="$checkpointing" \
+        "$bin" vit-train 1 | tail -n 1)"
+    echo "$line" >&2
+    python3 - "$setting" "$line" <<'PY'
+import json, sys
+row = json.loads(sys.argv[2])
+print(f"| {sys.argv[1]} | {row['throughput']:.2f} | {row['peak_rss_mib']:.0f} | {row['last_loss']:.6f} |")
+PY
+done

@@ -1,0 +1,168 @@
+//! Half-precision storage of the frozen base weights ([`Precision`], [`cast_frozen`]) and the
+//! matrix product that computes in a weight's own precision ([`linear_as_stored`]).
+//!
+//! burn 0.21 has no autocast, so this crate does what adapter fine-tuning needs by hand
+//! (docs/METHOD.md §9):
+//!
+//! - The frozen matrices of a model (linear weights `W0`, token embeddings) are stored in the
+//!   chosen precision: they are nearly all of its memory.
+//! - Each linear computes `x·W0` in `W0`'s precision (the activation is cast down, the product
+//!   cast back up), as PyTorch's autocast does for matrix products.
+//! - Adapters, heads, norms, biases and everything that trains stay in f32, and an adapter reads
+//!   `W0` cast up to f32: PEANuT's update is a function of `W0` and is learned with AdamW at
+//!   learning rates whose updates f16 cannot resolve, so its parameters, its input and its
+//!   gradients keep f32 (the master-weights rule of mixed-precision training).
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::module::linear;
+use burn::tensor::{DType, FloatDType, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// The precision of the frozen base weights; names as in transformers' `torch_dtype` short forms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// 32-bit floats (no conversion).
+    #[default]
+    F32,
+    /// IEEE half precision (5 exponent bits: range ±65504).
+    F16,
+    /// bfloat16 (f32's exponent range, 8 bits of mantissa).
+    Bf16,
+}
+
+impl Precision {
+    /// All precisions, for listings and parsers.
+    pub const ALL: [Precision; 3] = [Precision::F32, Precision::F16, Precision::Bf16];
+
+    /// The short name: `f32`, `f16` or `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// Parses a short name (`f32`, `f16`, `bf16`) or transformers' long one (`float32`,
+    /// `float16`, `bfloat16`), case-insensitively.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" | "float" => Some(Precision::F32),
+            "f16" | "fp16" | "float16" | "half" => Some(Precision::F16),
+            "bf16" | "bfloat16" => Some(Precision::Bf16),
+            _ => None,
+        }
+    }
+
+    /// burn's float type of this precision.
+    pub fn dtype(self) -> FloatDType {
+        match self {
+            Precision::F32 => FloatDType::F32,
+            Precision::F16 => FloatDType::F16,
+            Precision::Bf16 => FloatDType::BF16,
+        }
+    }
+
+    /// Bytes per stored value.
+    pub fn bytes(self) -> usize {
+        match self {
+            Precision::F32 => 4,
+            Precision::F16 | Precision::Bf16 => 2,
+        }
+    }
+
+    /// Whether backend `B` computes in this precision on `device` (storage and arithmetic).
+    pub fn is_supported<B: Backend>(self, device: &B::Device) -> bool {
+        self == Precision::F32 || B::supports_dtype(device, DType::from(self.dtype()))
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Casts every frozen matrix of `module` (a 2-D float parameter that takes no gradient and is
+/// not part of an adapter: linear weights, token embeddings) to `precision`. Adapters (any
+/// parameter under a field named `adapters`, as in [`crate::AdaptedLinear`]), trainable
+/// parameters (heads, a model being fully fine-tuned) and vectors (biases, norms) keep their
+/// type. A no-op for [`Precision::F32`].
+///
+/// Call it after the trainable parameters are chosen (adapters attached, head unfrozen). The
+/// model's layers then compute as described in the [module docs](self); check
+/// [`Precision::is_supported`] first, as a backend without the type panics in its kernels.
+pub fn cast_frozen<B: Backend, M: Module<B>>(module: M, precision: Precision) -> M {
+    if precision == Precision::F32 {
+        return module;
+    }
+    /// The target type and the path being mapped.
+    struct CastFrozen(FloatDType, Vec<String>);
+    impl<B: Backend> ModuleMapper<B> for CastFrozen {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.1.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.1.pop();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            // Adapters stay f32 also where nothing takes gradients (an inference backend).
+            let in_adapter = self.1.iter().any(|name| name == "adapters");
+            if D != 2 || in_adapter || param.val().is_require_grad() {
+                return param;
+            }
+            let dtype = self.0;
+            param.map(|tensor| tensor.cast(dtype))
+        }
+    }
+    module.map(&mut CastFrozen(precision.dtype(), Vec::new()))
+}
+
+/// Bytes of the float parameters of `module` as stored (each in its own precision).
+pub fn stored_bytes<B: Backend, M: Module<B>>(module: &M) -> usize {
+    struct Bytes(usize);
+    impl<B: Backend> burn::module::ModuleVisitor<B> for Bytes {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let tensor = param.val();
+            self.0 += tensor.shape().num_elements() * tensor.dtype().size();
+        }
+    }
+    let mut bytes = Bytes(0);
+    module.visit(&mut bytes);
+    bytes.0
+}
+
+/// `x·w + b` computed in `w`'s precision: `x` is cast to it for the product and the result cast
+/// back to `x`'s type before the bias (kept in `x`'s type) is added. The plain `linear` when the
+/// types agree.
+///
+/// # Shapes
+/// - x: `[..., d_input]`
+/// - w: `[d_input, d_output]`
+/// - b: `[d_output]`
+pub fn linear_as_stored<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    w: Tensor<B, 2>,
+    b: Option<Tensor<B, 1>>,
+) -> Tensor<B, D> {
+    let (compute, out) = (w.dtype(), x.dtype());
+    if compute == out {
+        return linear(x, w, b);
+    }
+    let y = linear(x.cast(compute), w, None).cast(out);
+    match b {
+        Some(b) => y + b.unsqueeze(),
+        None => y,
+    }
+}
+
+/// `tensor` as `dtype` (a no-op when it already is).
+pub fn cast_to<B: Backend, const D: usize>(tensor: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    if tensor.dtype() == dtype {
+        tensor
+    } else {
+        tensor.cast(dtype)
+    }
+}

@@ -1,0 +1,387 @@
+//! Scale: data parallel on burn's multi-device strategy, gradient checkpointing and half
+//! precision, on the CPU. ndarray and the selected backend (flex by default) each stand in for
+//! a machine with two devices by running two workers on their one CPU device.
+
+use super::*;
+
+use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+use burn::backend::{Autodiff, NdArray};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{DType, Int, Tensor, TensorData};
+use peanut::Precision;
+use peanut_models::{Llama, LlamaConfig, Targets};
+use peanut_train::backend::{CheckpointedTrainBackend, Selected};
+use peanut_train::train::DeviceSpec;
+
+type Nd = NdArray<f32>;
+
+fn vit<B: Backend>(device: &B::Device) -> Vit<B> {
+    let mut config = VitConfig::tiny();
+    config.num_labels = 3;
+    config.init::<B>(3, device).unwrap()
+}
+
+/// The trained adapters and head, as numbers.
+fn trained_values<B: Backend>(model: &Vit<B>) -> Vec<f64> {
+    struct Trainable(Vec<f64>);
+    impl<B: Backend> ModuleVisitor<B> for Trainable {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0.extend(common::values(param.val()));
+        }
+    }
+    let mut values = Trainable(Vec::new());
+    for (_, adapter) in model.adapters() {
+        adapter.visit(&mut values);
+    }
+    model.classifier.visit(&mut values);
+    values.0
+}
+
+/// Two devices with the same global batch train the same parameters as one device: 12 images,
+/// batch 4 (2 per device), gradients accumulated over 2 passes, 2 epochs with augmentation.
+fn two_devices_match_one<B: AutodiffBackend>(name: &str) {
+    let root = temp_dir(&format!("devices-{name}"));
+    image_folder(&root.join("data"), 4);
+    let dataset = data::detect(&root.join("data")).unwrap();
+    let config = ImageTrainConfig {
+        grad_accumulation: 2,
+        ..tiny_config(Method::Peanut, 2)
+    };
+    let device = B::Device::default();
+    let before = trained_values(&vit::<B>(&device).valid());
+    let mut trained = Vec::new();
+    for devices in [1, 2] {
+        let dir = root.join(format!("devices-{devices}"));
+        let run = run(&dir, false);
+        let on = vec![device.clone(); devices];
+        let model = vit::<B>(&device);
+        let result = train::train_image_on(model, &dataset, &config, &run, &on).unwrap();
+        assert_eq!(train::last_checkpoint(&dir), Some(2), "{devices} devices");
+        trained.push(trained_values(&result.model));
+    }
+    // The comparison is not vacuous: training moved the parameters.
+    let moved = trained[0]
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(moved > 1e-3, "{name}: parameters did not move ({moved})");
+    common::assert_close(
+        &format!("{name}: 2 devices vs 1"),
+        &trained[1],
+        &trained[0],
+        1e-5,
+    );
+}
+
+#[test]
+fn two_ndarray_devices_train_what_one_device_trains() {
+    two_devices_match_one::<Autodiff<Nd>>("ndarray");
+}
+
+#[test]
+fn two_devices_of_the_selected_backend_train_what_one_device_trains() {
+    two_devices_match_one::<TrainBackend>(peanut_train::backend::NAME);
+}
+
+#[test]
+fn a_batch_the_devices_cannot_share_is_refused_before_anything_is_written() {
+    let root = temp_dir("devices-uneven");
+    image_folder(&root.join("data"), 2);
+    let dataset = data::detect(&root.join("data")).unwrap();
+    let config = ImageTrainConfig {
+        batch_size: 3,
+        ..tiny_config(Method::Peanut, 1)
+    };
+    let device = Default::default();
+    let dir = root.join("run");
+    let err = train::train_image_on(
+        tiny_vit(3),
+        &dataset,
+        &config,
+        &run(&dir, false),
+        &[device, device],
+    )
+    .err()
+    .expect("3 examples cannot be shared by 2 devices");
+    assert!(
+        matches!(
+            err,
+            TrainError::InvalidOption {
+                option: "--devices",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(!dir.join("run.json").exists());
+}
+
+#[test]
+fn device_specs_of_another_backend_are_refused_with_the_feature_to_build() {
+    let spec: DeviceSpec = "cuda:0,1".parse().unwrap();
+    let err = peanut_train::backend::devices(&spec)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--features cuda"), "{err}");
+    let cpu = peanut_train::backend::devices(&"cpu:2".parse().unwrap()).unwrap();
+    assert_eq!(cpu.len(), 2);
+    assert_eq!(
+        peanut_train::backend::devices(&DeviceSpec::default())
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+/// Gradients of every adapter and head parameter of a tiny ViT for one batch, on backend `B`.
+fn vit_gradients<B: AutodiffBackend>() -> Vec<f64> {
+    let device = B::Device::default();
+    let mut model = vit::<B>(&device);
+    let config = tiny_config(Method::Peanut, 1);
+    config
+        .adapter
+        .attach(&mut model, Method::Peanut, &config.targets, &[], 9)
+        .unwrap();
+    let model = model.with_trainable_head(true);
+    let images = Tensor::<B, 4>::from_data(
+        TensorData::new(
+            (0..4 * 3 * 16 * 16)
+                .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+                .collect::<Vec<f32>>(),
+            [4, 3, 16, 16],
+        ),
+        &device,
+    );
+    let targets =
+        Tensor::<B, 1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 1], [4]), &device);
+    let logits = model.forward(images);
+    let loss = burn::nn::loss::CrossEntropyLossConfig::new()
+        .init(&device)
+        .forward(logits, targets);
+    let grads = loss.backward();
+    struct Grads<'a, B: AutodiffBackend>(&'a B::Gradients, Vec<f64>);
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Grads<'_, B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(grad) = param.val().grad(self.0) {
+                self.1.extend(common::values(grad));
+            }
+        }
+    }
+    let mut collected = Grads::<B>(&grads, Vec::new());
+    model.visit(&mut collected);
+    collected.1
+}
+
+#[test]
+fn gradient_checkpointing_changes_no_gradient() {
+    let plain = vit_gradients::<Autodiff<Nd>>();
+    let checkpointed = vit_gradients::<Autodiff<Nd, BalancedCheckpointing>>();
+    assert!(plain.len() > 500 && plain.iter().any(|g| g.abs() > 1e-6));
+    common::assert_close("checkpointed gradients", &checkpointed, &plain, 1e-6);
+    let selected = vit_gradients::<CheckpointedTrainBackend>();
+    common::assert_close("checkpointed, selected backend", &selected, &plain, 1e-4);
+}
+
+#[test]
+fn a_checkpointed_run_trains_what_a_plain_run_trains() {
+    let root = temp_dir("checkpointing-run");
+    image_folder(&root.join("data"), 2);
+    let dataset = data::detect(&root.join("data")).unwrap();
+    let config = tiny_config(Method::Peanut, 1);
+    let device = Default::default();
+    let plain = train::train_image(
+        vit::<TrainBackend>(&device),
+        &dataset,
+        &config,
+        &run(&root.join("plain"), false),
+        &device,
+    )
+    .unwrap();
+    let checkpointed = train::train_image(
+        vit::<CheckpointedTrainBackend>(&device),
+        &dataset,
+        &config,
+        &run(&root.join("checkpointed"), false),
+        &device,
+    )
+    .unwrap();
+    common::assert_close(
+        "checkpointed run",
+        &trained_values(&checkpointed.model),
+        &trained_values(&plain.model),
+        1e-5,
+    );
+}
+
+/// The dtypes of a model's 2-D parameters, and whether any 1-D one left f32.
+fn matrix_dtypes<B: Backend, M: Module<B>>(model: &M) -> (Vec<DType>, bool) {
+    struct Types(Vec<DType>, bool);
+    impl<B: Backend> ModuleVisitor<B> for Types {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let dtype = param.val().dtype();
+            if D == 2 {
+                self.0.push(dtype);
+            } else if dtype != DType::F32 {
+                self.1 = true;
+            }
+        }
+    }
+    let mut types = Types(Vec::new(), false);
+    model.visit(&mut types);
+    (types.0, types.1)
+}
+
+#[test]
+fn half_precision_stores_the_frozen_matrices_in_half_and_computes_close_to_f32() {
+    let device = Default::default();
+    let images = Tensor::<Selected, 4>::from_data(
+        TensorData::new(
+            (0..2 * 3 * 16 * 16)
+                .map(|i| ((i * 17 % 61) as f32 / 30.0) - 1.0)
+                .collect::<Vec<f32>>(),
+            [2, 3, 16, 16],
+        ),
+        &device,
+    );
+    let mut reference = vit::<TrainBackend>(&device);
+    let config = tiny_config(Method::Peanut, 1);
+    config
+        .adapter
+        .attach(&mut reference, Method::Peanut, &config.targets, &[], 4)
+        .unwrap();
+    let reference = reference.with_trainable_head(true);
+    let f32_logits = common::values(reference.valid().forward(images.clone()));
+    let f32_bytes = peanut::precision::stored_bytes(&reference);
+    for (precision, dtype, tol) in [
+        (Precision::F16, DType::F16, 2e-2),
+        (Precision::Bf16, DType::BF16, 1e-1),
+    ] {
+        let half = peanut::cast_frozen(reference.clone(), precision);
+        let (matrices, vectors_changed) = matrix_dtypes(&half);
+        assert!(!vectors_changed, "{precision}: biases and norms stay f32");
+        // The frozen q, k, v, o, intermediate and output matrices of both blocks are half; the
+        // adapters and the trainable head are not.
+        let halved = matrices.iter().filter(|&&d| d == dtype).count();
+        assert_eq!(halved, 12, "{precision}: {matrices:?}");
+        assert_eq!(
+            peanut::count_trainable_params(&half),
+            peanut::count_trainable_params(&reference)
+        );
+        assert!(peanut::precision::stored_bytes(&half) < f32_bytes * 3 / 4);
+        let logits = common::values(half.valid().forward(images.clone()));
+        common::assert_close(&format!("{precision} logits"), &logits, &f32_logits, tol);
+    }
+}
+
+#[test]
+fn half_precision_llama_runs_its_embedding_and_tied_head_in_half() {
+    let device = Default::default();
+    let config = LlamaConfig::tiny();
+    let mut model = config.init::<Selected>(7, &device).unwrap();
+    model
+        .add_adapters(
+            &Targets::new(["q_proj", "v_proj"]),
+            &peanut::AdapterConfig::Peanut(peanut::PeanutConfig::new(2)),
+            3,
+        )
+        .unwrap();
+    let ids = Tensor::<Selected, 2, Int>::from_data(
+        TensorData::new(vec![1i64, 5, 9, 33, 2, 60], [1, 6]),
+        &device,
+    );
+    let reference = common::values(model.forward(ids.clone(), None));
+    let last = common::values(model.forward_last(ids.clone(), None));
+    // On the inference backend nothing takes gradients: every matrix but the adapters' is cast.
+    let half: Llama<Selected> = peanut::cast_frozen(model, Precision::F16);
+    assert_eq!(half.model.embed_tokens.weight.val().dtype(), DType::F16);
+    let logits = common::values(half.forward(ids.clone(), None));
+    common::assert_close("f16 llama logits", &logits, &reference, 5e-2);
+    let half_last = common::values(half.forward_last(ids, None));
+    common::assert_close("f16 llama last logits", &half_last, &last, 5e-2);
+}
+
+#[test]
+fn a_bf16_run_trains_f32_adapters_and_exports_them() {
+    let root = temp_dir("precision-run");
+    image_folder(&root.join("data"), 2);
+    let dataset = data::detect(&root.join("data")).unwrap();
+    let device = Default::default();
+    let config = ImageTrainConfig {
+        precision: Precision::Bf16,
+        ..tiny_config(Method::Peanut, 2)
+    };
+    let dir = root.join("bf16");
+    let trained =
+        train::train_image(tiny_vit(3), &dataset, &config, &run(&dir, false), &device).unwrap();
+    for (_, adapter) in trained.model.adapters() {
+        let (_, changed) = matrix_dtypes(adapter);
+        assert!(!changed);
+        struct AllF32(bool);
+        impl<B: Backend> ModuleVisitor<B> for AllF32 {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                self.0 &= param.val().dtype() == DType::F32;
+            }
+        }
+        let mut all = AllF32(true);
+        adapter.visit(&mut all);
+        assert!(all.0, "adapters train in f32");
+    }
+    let report = train::evaluate(
+        &trained.model,
+        &dataset.test,
+        16,
+        config.normalization,
+        4,
+        &device,
+    );
+    assert!(report.loss.is_finite());
+    let exported = train::export(&trained.model, &dir.join("export"), None).unwrap();
+    assert!(exported.contains(&dir.join("export/peft")));
+    // The run resumes with its precision recorded; another precision is refused.
+    let f32 = ImageTrainConfig {
+        precision: Precision::F32,
+        ..config.clone()
+    };
+    let err = train::train_image(tiny_vit(3), &dataset, &f32, &run(&dir, true), &device)
+        .err()
+        .expect("a resumed run keeps its precision");
+    assert!(err.to_string().contains("precision"), "{err}");
+}
+
+#[test]
+fn a_backend_without_half_precision_is_a_clear_error() {
+    let root = temp_dir("precision-ndarray");
+    image_folder(&root.join("data"), 2);
+    let dataset = data::detect(&root.join("data")).unwrap();
+    let config = ImageTrainConfig {
+        precision: Precision::F16,
+        ..tiny_config(Method::Peanut, 1)
+    };
+    let device = Default::default();
+    let err = train::train_image(
+        vit::<Autodiff<Nd>>(&device),
+        &dataset,
+        &config,
+        &run(&root.join("run"), false),
+        &device,
+    )
+    .err()
+    .expect("ndarray has no f16");
+    let message = err.to_string();
+    assert!(
+        matches!(
+            err,
+            TrainError::InvalidOption {
+                option: "--precision",
+                ..
+            }
+        ),
+        "{message}"
+    );
+    assert!(
+        message.contains("f16") && message.contains("use f32"),
+        "{message}"
+    );
+}
