@@ -8,9 +8,12 @@
 # PEANuT r = 8 on q, k, v, up, down (training on 4 × 128 tokens, greedy generation). Each
 # workload runs on burn's CUDA backend, on its wgpu backend (Vulkan), and on PyTorch + peft
 # (`PEANUT_SPEED_DEVICE=cuda`, venv as in benches/compare-pytorch.sh), each in its own
-# process, with a time limit per run so the whole check stays within about 8 minutes once
+# process, with a time limit per run so the whole check stays within about 10 minutes once
 # built. Peak GPU memory is sampled from nvidia-smi for every stack alike (the device's used
-# memory, so run it on an otherwise idle GPU). Prints one JSON line per run, then a table.
+# memory, so run it on an otherwise idle GPU). Then the scale paths: ViT and LM training with
+# bf16 frozen weights and with gradient checkpointing on CUDA, and, with two or more GPUs, the
+# data-parallel test of tests/train/scale.rs on cuda:0,1. Prints one JSON line per run, then a
+# table.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -66,12 +69,40 @@ for workload in $workloads; do
     PEANUT_SPEED_DEVICE=cuda measure "$venv/bin/python" benches/speed_peer.py "$workload"
 done
 
+# The scale paths on CUDA: bf16 frozen weights, and gradient checkpointing (rows marked in the
+# table by their "precision" and "checkpointing" fields).
+if [[ " ${stacks[*]} " == *" cuda "* ]]; then
+    for workload in vit-train lm-train; do
+        PEANUT_SPEED_PRECISION=bf16 measure "target/device-cuda/release/examples/speed" "$workload"
+        PEANUT_SPEED_CHECKPOINTING=1 measure "target/device-cuda/release/examples/speed" "$workload"
+    done
+fi
+
+# Data parallel on two GPUs: the CPU test that two devices train what one does, on cuda:0,1.
+gpus="$(nvidia-smi --query-gpu=index --format=csv,noheader | wc -l)"
+if [ "$gpus" -ge 2 ] && [ -z "${SKIP_MULTI_GPU:-}" ]; then
+    echo "== two GPUs: tests/train/scale.rs on cuda:0,1" >&2
+    PEANUT_TEST_DEVICES=cuda:0,1 CARGO_TARGET_DIR=target/device-cuda timeout 600 \
+        cargo test --release --no-default-features --features cuda --test train \
+        scale::two_devices_of_the_selected_backend >&2 \
+        && echo "two-GPU data parallel: matches one GPU" \
+        || echo "two-GPU data parallel: FAILED (see above)"
+else
+    echo "one GPU: the two-GPU data-parallel check is skipped"
+fi
+
 "$venv/bin/python" - "$results" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 print("\n| workload | stack | throughput | peak GPU MiB |")
 print("|---|---|---|---|")
 for r in rows:
-    print(f"| {r['workload']} | {r['stack']} | {r['throughput']:.2f} {r['unit']} | {r['peak_gpu_used_mib']} |")
+    extra = []
+    if r.get("precision", "f32") != "f32":
+        extra.append(r["precision"])
+    if r.get("checkpointing"):
+        extra.append("checkpointing")
+    label = r["workload"] + (f" ({', '.join(extra)})" if extra else "")
+    print(f"| {label} | {r['stack']} | {r['throughput']:.2f} {r['unit']} | {r['peak_gpu_used_mib']} |")
 PY
 rm -f "$results"

@@ -40,7 +40,8 @@ fn trained_values<B: Backend>(model: &Vit<B>) -> Vec<f64> {
 
 /// Two devices with the same global batch train the same parameters as one device: 12 images,
 /// batch 4 (2 per device), gradients accumulated over 2 passes, 2 epochs with augmentation.
-fn two_devices_match_one<B: AutodiffBackend>(name: &str) {
+/// `two` are the devices of the two-device run (the first is the one-device run's).
+fn two_devices_match_one<B: AutodiffBackend>(name: &str, two: [B::Device; 2]) {
     let root = temp_dir(&format!("devices-{name}"));
     image_folder(&root.join("data"), 4);
     let dataset = data::detect(&root.join("data")).unwrap();
@@ -48,13 +49,13 @@ fn two_devices_match_one<B: AutodiffBackend>(name: &str) {
         grad_accumulation: 2,
         ..tiny_config(Method::Peanut, 2)
     };
-    let device = B::Device::default();
+    let device = two[0].clone();
     let before = trained_values(&vit::<B>(&device).valid());
     let mut trained = Vec::new();
     for devices in [1, 2] {
         let dir = root.join(format!("devices-{devices}"));
         let run = run(&dir, false);
-        let on = vec![device.clone(); devices];
+        let on = two[..devices].to_vec();
         let model = vit::<B>(&device);
         let result = train::train_image_on(model, &dataset, &config, &run, &on).unwrap();
         assert_eq!(train::last_checkpoint(&dir), Some(2), "{devices} devices");
@@ -77,12 +78,22 @@ fn two_devices_match_one<B: AutodiffBackend>(name: &str) {
 
 #[test]
 fn two_ndarray_devices_train_what_one_device_trains() {
-    two_devices_match_one::<Autodiff<Nd>>("ndarray");
+    two_devices_match_one::<Autodiff<Nd>>("ndarray", Default::default());
 }
 
+/// Two workers on the CPU, or the devices `PEANUT_TEST_DEVICES` names (`cuda:0,1` on a machine
+/// with two GPUs: `benches/device-check.sh` runs this test so).
 #[test]
 fn two_devices_of_the_selected_backend_train_what_one_device_trains() {
-    two_devices_match_one::<TrainBackend>(peanut_train::backend::NAME);
+    let spec: DeviceSpec = std::env::var("PEANUT_TEST_DEVICES")
+        .unwrap_or_else(|_| "2".into())
+        .parse()
+        .unwrap();
+    let devices = peanut_train::backend::devices(&spec).unwrap();
+    let two: [_; 2] = devices
+        .try_into()
+        .expect("PEANUT_TEST_DEVICES names two devices");
+    two_devices_match_one::<TrainBackend>(peanut_train::backend::NAME, two);
 }
 
 #[test]

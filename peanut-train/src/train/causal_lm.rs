@@ -8,6 +8,7 @@ use burn::train::ItemLazy;
 use burn::train::metric::{Adaptor, LossInput};
 use peanut_models::Llama;
 
+use super::guard::LossValue;
 use super::metrics::{TokenCount, TokenPredictions};
 use super::step::{Objective, Trainee};
 use crate::data::LmBatch;
@@ -45,6 +46,12 @@ impl<B: Backend> Adaptor<TokenPredictions> for LmOutput<B> {
             correct: self.correct.clone().into_scalar().elem::<i64>() as usize,
             total: self.predicted,
         }
+    }
+}
+
+impl<B: Backend> Adaptor<LossValue> for LmOutput<B> {
+    fn adapt(&self) -> LossValue {
+        LossValue::of(&self.loss)
     }
 }
 

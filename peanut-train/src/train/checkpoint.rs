@@ -25,6 +25,7 @@ use burn::tensor::backend::Backend;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::guard::LossGuard;
 use super::step::TrainableRecord;
 
 /// The records of one epoch, as burn's Learner names them.
@@ -285,6 +286,8 @@ struct Pending {
 pub struct EpochRecorder {
     base_fingerprint: String,
     pending: Arc<Mutex<Pending>>,
+    /// A run's loss guard: once it has seen a divergence, no epoch is committed.
+    guard: Option<LossGuard>,
 }
 
 impl EpochRecorder {
@@ -293,13 +296,28 @@ impl EpochRecorder {
         Self {
             base_fingerprint: base_fingerprint.into(),
             pending: Arc::default(),
+            guard: None,
         }
+    }
+
+    /// Commits no epoch once `guard` has seen a non-finite loss or parameter: the staged files
+    /// of that epoch are removed and the last complete checkpoint stays the last good one.
+    pub fn with_guard(mut self, guard: LossGuard) -> Self {
+        self.guard = Some(guard);
+        self
     }
 
     /// Renames the staging directory of `epoch` into place after writing its manifest, then
     /// removes epochs older than the last [`KEEP`].
     fn commit(&self, folder: &Path, epoch: usize) -> std::io::Result<()> {
         let staging = folder.join(format!("epoch-{epoch}.tmp"));
+        if self
+            .guard
+            .as_ref()
+            .is_some_and(|g| g.divergence().is_some())
+        {
+            return std::fs::remove_dir_all(&staging);
+        }
         let mut files = Vec::new();
         for part in PARTS {
             let name = format!("{part}.{EXTENSION}");

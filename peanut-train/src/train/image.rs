@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint;
 use super::classifier::ImageClassifier;
-use super::guard::LossGuard;
+use super::guard::{LossGuard, LossGuardMetric};
 use super::metrics::ThroughputMetric;
 use super::run::{self, AdapterOptions, Method, RunOptions};
 use super::step::{GroupLearningRate, LearningRates, StepSettings};
@@ -276,7 +276,8 @@ pub fn train_image_on<B: AutodiffBackend>(
             TopKAccuracyMetric::new(top_k),
         ))
         .metric_train_numeric(GroupLearningRate::new("head", config.head_lr))
-        .metric_train_numeric(ThroughputMetric::new("images/s"));
+        .metric_train_numeric(ThroughputMetric::new("images/s"))
+        .metric_train(LossGuardMetric::new(guard.clone()));
     let training = match config.method {
         Method::Head => training,
         Method::Full => {
@@ -292,7 +293,7 @@ pub fn train_image_on<B: AutodiffBackend>(
         config.epochs,
         config.grad_accumulation,
         start_epoch,
-        interrupter.clone(),
+        &guard,
         &base_fingerprint,
         devices,
     );

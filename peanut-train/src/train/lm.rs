@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::causal_lm::CausalLm;
 use super::checkpoint;
-use super::guard::LossGuard;
+use super::guard::{LossGuard, LossGuardMetric};
 use super::metrics::{ThroughputMetric, TokenAccuracyMetric};
 use super::run::{self, AdapterOptions, Method, RunOptions};
 use super::step::{GroupLearningRate, LearningRates, StepSettings};
@@ -345,14 +345,15 @@ pub fn train_lm_on<B: AutodiffBackend>(
         .metric_valid_numeric(LossMetric::<B::InnerBackend>::new())
         .metrics((TokenAccuracyMetric::new(),))
         .metric_train_numeric(GroupLearningRate::new("", config.learning_rate))
-        .metric_train_numeric(ThroughputMetric::tokens());
+        .metric_train_numeric(ThroughputMetric::tokens())
+        .metric_train(LossGuardMetric::new(guard.clone()));
     let training = run::configure(
         training,
         run,
         config.epochs,
         config.grad_accumulation,
         start_epoch,
-        interrupter.clone(),
+        &guard,
         &base_fingerprint,
         devices,
     );

@@ -360,7 +360,7 @@ pub(crate) fn configure<LC: LearningComponentsTypes>(
     epochs: usize,
     grad_accumulation: usize,
     start_epoch: Option<usize>,
-    interrupter: Interrupter,
+    guard: &LossGuard,
     base_fingerprint: &str,
     devices: &[burn::tensor::Device<LC::Backend>],
 ) -> SupervisedTraining<LC> {
@@ -371,9 +371,9 @@ pub(crate) fn configure<LC: LearningComponentsTypes>(
         training = training.with_training_strategy(TrainingStrategy::Default(strategy));
     }
     let mut training = training
-        .with_file_checkpointer(EpochRecorder::new(base_fingerprint))
+        .with_file_checkpointer(EpochRecorder::new(base_fingerprint).with_guard(guard.clone()))
         .with_checkpointing_strategy(KeepLastNCheckpoints::new(checkpoint::KEEP))
-        .with_interrupter(interrupter)
+        .with_interrupter(guard.interrupter())
         .with_application_logger(None)
         .num_epochs(epochs);
     if grad_accumulation > 1 {

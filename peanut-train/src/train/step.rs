@@ -11,7 +11,7 @@ use burn::module::{AutodiffModule, Devices, Module, ModuleMapper, ModuleVisitor,
 use burn::optim::{GradientsParams, Optimizer};
 use burn::record::{PrecisionSettings, Record};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use burn::train::metric::state::{FormatOptions, NumericMetricState};
 use burn::train::metric::{
     Metric, MetricAttributes, MetricMetadata, MetricName, Numeric, NumericAttributes, NumericEntry,
@@ -151,8 +151,13 @@ impl<B: Backend, M: Module<B>> Module<B> for Trainee<B, M> {
         self.with_model(model)
     }
 
+    /// The trainable parameters. When they are not all finite (a diverged run whose loss the
+    /// guard has not read yet), the guard records the divergence, and the epoch recorder then
+    /// writes no checkpoint.
     fn into_record(self) -> Self::Record {
-        TrainableRecord::of(&self.model)
+        let record = TrainableRecord::of(&self.model);
+        self.guard.check_record(record.is_finite());
+        record
     }
 }
 
@@ -177,15 +182,10 @@ where
     type Input = M::Batch;
     type Output = M::Output;
 
+    /// The loss, its gradients and the metrics' view, with no read-back to the host: the
+    /// loss guard reads the loss on the metrics thread (see [`super::guard`]).
     fn step(&self, batch: M::Batch) -> TrainOutput<M::Output> {
         let (loss, output) = self.model.objective(batch);
-        let value: f32 = loss.clone().into_scalar().elem();
-        if !self.guard.check(value) {
-            return TrainOutput {
-                grads: GradientsParams::new(),
-                item: output,
-            };
-        }
         let loss = if self.settings.loss_divisor > 1 {
             loss / self.settings.loss_divisor as f32
         } else {
@@ -313,6 +313,16 @@ impl<B: Backend> TrainableRecord<B> {
             params: collect.1,
             _backend: PhantomData,
         }
+    }
+
+    /// Whether every saved value is finite.
+    pub fn is_finite(&self) -> bool {
+        self.params.iter().all(|param| {
+            param
+                .value
+                .iter::<f64>()
+                .all(|value: f64| value.is_finite())
+        })
     }
 
     /// `model` with the saved parameters put in place (by path; values and ids). Parameters
