@@ -166,7 +166,11 @@ fn vit_train_on<B: AutodiffBackend<Device = burn::tensor::Device<Selected>>>(ste
     // in another precision) can compare their losses.
     B::seed(&device, 7);
     let batch = vit_batch();
-    let mut model: Vit<B> = vit_config().init(0, &device).expect("valid config");
+    // Built in the frozen weights' precision (each matrix cast as it is drawn), as
+    // `peanut train --precision` loads a checkpoint.
+    let mut model: Vit<B> = vit_config()
+        .init_in(0, &device, precision())
+        .expect("valid config");
     model
         .add_adapters(&Targets::vit_qv(), &peanut_adapter(7), 1)
         .expect("query and value exist");
@@ -249,7 +253,9 @@ fn lm_train_on<B: AutodiffBackend<Device = burn::tensor::Device<Selected>>>(step
     let device = backend::device();
     let config = lm_config();
     let vocab = config.vocab_size;
-    let mut model: Llama<B> = config.init(0, &device).expect("valid config");
+    let mut model: Llama<B> = config
+        .init_in(0, &device, precision())
+        .expect("valid config");
     model
         .add_adapters(&Targets::llama_qkv_up_down(), &peanut_adapter(8), 1)
         .expect("q, k, v, up, down exist");

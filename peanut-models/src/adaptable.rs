@@ -170,13 +170,14 @@ pub trait AdaptableModel<B: Backend>: Module<B> + Sized {
     }
 }
 
-/// Sets `require_grad` on every float parameter.
+/// Sets `require_grad` on every float parameter (widening half-precision ones that start to
+/// train to f32, see `peanut::precision`).
 #[derive(Debug, Clone, Copy)]
 pub struct RequireGrad(pub bool);
 
 impl<B: Backend> ModuleMapper<B> for RequireGrad {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        param.set_require_grad(self.0)
+        peanut::precision::set_trainable(param, self.0)
     }
 }
 

@@ -5,6 +5,7 @@ use burn::module::Param;
 use burn::nn::Linear;
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use peanut::AdaptedLinear;
+use peanut::Precision;
 use peanut::init::SeededRng;
 
 use crate::checkpoint::Checkpoint;
@@ -28,6 +29,8 @@ enum Weights<'a> {
 pub(crate) struct Source<'a, B: Backend> {
     weights: Weights<'a>,
     device: B::Device,
+    /// The type linear weights and 2-D parameters are stored in.
+    precision: Precision,
 }
 
 impl<'a, B: Backend> Source<'a, B> {
@@ -36,6 +39,7 @@ impl<'a, B: Backend> Source<'a, B> {
         Self {
             weights: Weights::Random(SeededRng::new(seed)),
             device: device.clone(),
+            precision: Precision::F32,
         }
     }
 
@@ -44,6 +48,23 @@ impl<'a, B: Backend> Source<'a, B> {
         Self {
             weights: Weights::Checkpoint(checkpoint),
             device: device.clone(),
+            precision: Precision::F32,
+        }
+    }
+
+    /// Stores linear weights and 2-D parameters (embeddings) in `precision`, each cast as it is
+    /// read.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// `tensor` in the source's precision when it is a matrix.
+    fn stored<const D: usize>(&self, tensor: Tensor<B, D>) -> Tensor<B, D> {
+        if D == 2 && self.precision != Precision::F32 {
+            tensor.cast(self.precision.dtype())
+        } else {
+            tensor
         }
     }
 
@@ -76,6 +97,7 @@ impl<'a, B: Backend> Source<'a, B> {
         init: Init,
     ) -> Result<Param<Tensor<B, D>>> {
         let tensor = self.tensor(key, shape, init)?;
+        let tensor = self.stored(tensor);
         Ok(Param::from_tensor(tensor).set_require_grad(false))
     }
 
@@ -111,7 +133,7 @@ impl<'a, B: Backend> Source<'a, B> {
             None
         };
         let base = Linear {
-            weight: Param::from_tensor(weight),
+            weight: Param::from_tensor(self.stored(weight)),
             bias,
         };
         Ok(AdaptedLinear::new(base))

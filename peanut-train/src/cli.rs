@@ -408,7 +408,9 @@ fn load_vit<B: burn::tensor::backend::Backend<Device = burn::tensor::Device<Sele
     num_labels: Option<usize>,
     image_size: Option<u32>,
     seed: u64,
+    precision: peanut::Precision,
 ) -> Result<Vit<B>> {
+    train::check_precision::<B>(&backend::device(), precision)?;
     let dir = &hub::resolve_model(model, &HubOptions::from_env())?;
     if !dir.is_dir() {
         return Err(TrainError::io(
@@ -425,6 +427,7 @@ fn load_vit<B: burn::tensor::backend::Backend<Device = burn::tensor::Device<Sele
         num_labels,
         image_size: image_size.map(|s| s as usize),
         head_seed: seed,
+        precision,
     };
     let (model, report) = Vit::from_pretrained(dir, &options, &backend::device())?;
     for note in report.notes() {
@@ -470,6 +473,8 @@ pub fn train_image_run(args: TrainImageArgs) -> Result<TrainImageOutcome> {
 /// Invalid options, unusable data or model, a refused run directory, or a diverging run.
 pub fn train_image_job(job: &ImageJob) -> Result<TrainImageOutcome> {
     job.config.validate()?;
+    let devices = backend::devices(&job.devices)?;
+    train::parallel::per_device_batch(job.config.batch_size, devices.len())?;
     let data = read_dataset(&job.data_dir)?;
     println!(
         "{:?} dataset at {}: {} classes, {} train / {} test images ({} + {} unreadable, skipped)",
@@ -496,7 +501,6 @@ pub fn train_image_job(job: &ImageJob) -> Result<TrainImageOutcome> {
         config.normalization = Normalization::from_processor(&processor);
     }
     let config = &config;
-    let devices = backend::devices(&job.devices)?;
     let device = devices[0].clone();
     // The training backend is a type: gradient checkpointing picks the other one.
     let trained = if job.checkpointing {
@@ -505,6 +509,7 @@ pub fn train_image_job(job: &ImageJob) -> Result<TrainImageOutcome> {
             Some(data.classes.len()),
             Some(config.image_size),
             config.seed,
+            config.precision,
         )?;
         train::train_image_on(model, &data, config, &job.run, &devices)?
     } else {
@@ -513,6 +518,7 @@ pub fn train_image_job(job: &ImageJob) -> Result<TrainImageOutcome> {
             Some(data.classes.len()),
             Some(config.image_size),
             config.seed,
+            config.precision,
         )?;
         train::train_image_on(model, &data, config, &job.run, &devices)?
     };

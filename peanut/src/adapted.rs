@@ -5,7 +5,7 @@ use burn::nn::Linear;
 use burn::tensor::{DType, Tensor, backend::Backend};
 
 use crate::adapter::Adapter;
-use crate::precision::{cast_to, linear_as_stored};
+use crate::precision::{cast_to, linear_as_stored, set_trainable};
 
 /// A linear layer with a frozen base and any number of adapters (usually zero or one).
 ///
@@ -65,11 +65,12 @@ impl<B: Backend> AdaptedLinear<B> {
         self.adapters.push(adapter);
     }
 
-    /// Lets the base weight and bias train too (full fine-tuning), or freezes them again.
+    /// Lets the base weight and bias train too (full fine-tuning), or freezes them again. A
+    /// half-precision weight (crate::precision) that starts to train is widened to f32.
     pub fn unfreeze_base(mut self, trainable: bool) -> Self {
         self.base_trainable = trainable;
-        self.base.weight = self.base.weight.set_require_grad(trainable);
-        self.base.bias = self.base.bias.map(|bias| bias.set_require_grad(trainable));
+        self.base.weight = set_trainable(self.base.weight, trainable);
+        self.base.bias = self.base.bias.map(|bias| set_trainable(bias, trainable));
         self
     }
 
@@ -129,15 +130,11 @@ impl<B: Backend> AdaptedLinear<B> {
         if let Some(merged) = &self.merged_weight {
             return linear_as_stored(x, merged.clone(), self.bias());
         }
-        // A half-precision `W0` (crate::precision) computes its product in half precision;
-        // the adapters read it in the activations' precision (f32).
+        // A half-precision `W0` (crate::precision) computes its products in half precision.
         let w0 = self.w0();
         let mut y = linear_as_stored(x.clone(), w0.clone(), self.bias());
-        if !self.adapters.is_empty() {
-            let w0 = cast_to(w0, x.dtype());
-            for adapter in &self.adapters {
-                y = y + adapter.forward(x.clone(), w0.clone());
-            }
+        for adapter in &self.adapters {
+            y = y + adapter.forward(x.clone(), w0.clone());
         }
         y
     }
@@ -209,16 +206,15 @@ impl<B: Backend> AdaptedLinear<B> {
 /// - w0: `[d_input, d_output]`
 /// - output: `[d_input, d_output]`
 ///
-/// A half-precision `w0` (see [`crate::precision`]) is merged in f32 and the result stored back
-/// in `w0`'s precision.
+/// A half-precision `w0` (see [`crate::precision`]) gets its updates computed as in training
+/// and added in f32; the result is stored back in `w0`'s precision.
 pub fn merge_weight<B: Backend>(w0: Tensor<B, 2>, adapters: &[Adapter<B>]) -> Tensor<B, 2> {
+    if adapters.is_empty() {
+        return w0;
+    }
     let stored = w0.dtype();
-    let w0 = if adapters.is_empty() {
-        w0
-    } else {
-        cast_to(w0, wide(stored))
-    };
-    let merged = adapters.iter().fold(w0.clone(), |merged, adapter| {
+    let base = cast_to(w0.clone(), wide(stored));
+    let merged = adapters.iter().fold(base, |merged, adapter| {
         merged + adapter.delta_weight(w0.clone())
     });
     cast_to(merged, stored)

@@ -6,6 +6,7 @@ use burn::tensor::{Tensor, backend::Backend, module::linear};
 use crate::activation::Activation;
 use crate::config::{OutputInit, PeanutConfig};
 use crate::init::{SeededRng, kaiming_uniform};
+use crate::precision::matmul_as_stored;
 
 /// A PEANuT adapter: a small network of the frozen weight `W0` that yields the update `ΔW`.
 ///
@@ -127,14 +128,15 @@ impl<B: Backend> Peanut<B> {
             .with_scaling(self.scaling)
     }
 
-    /// `H = body(σ(W0·A))`, the hidden representation of the weight, before `B`.
+    /// `H = body(σ(W0·A))`, the hidden representation of the weight, before `B`. A
+    /// half-precision `W0` (crate::precision) computes `W0·A` in its type and `H` in `A`'s.
     ///
     /// # Shapes
     /// - w0: `[d_input, d_output]`
     /// - output: `[d_input, rank]`
     pub fn hidden(&self, w0: Tensor<B, 2>) -> Tensor<B, 2> {
         let sigma = |t| self.activation.forward(t);
-        let mut h = sigma(w0.matmul(self.a.val()));
+        let mut h = sigma(matmul_as_stored(w0, self.a.val()));
         let mut residuals = Vec::with_capacity(self.encoders.len());
         for encoder in &self.encoders {
             residuals.push(h.clone());

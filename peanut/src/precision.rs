@@ -8,10 +8,13 @@
 //!   chosen precision: they are nearly all of its memory.
 //! - Each linear computes `x·W0` in `W0`'s precision (the activation is cast down, the product
 //!   cast back up), as PyTorch's autocast does for matrix products.
-//! - Adapters, heads, norms, biases and everything that trains stay in f32, and an adapter reads
-//!   `W0` cast up to f32: PEANuT's update is a function of `W0` and is learned with AdamW at
-//!   learning rates whose updates f16 cannot resolve, so its parameters, its input and its
-//!   gradients keep f32 (the master-weights rule of mixed-precision training).
+//! - Adapters, heads, norms, biases and everything that trains are f32 parameters with f32
+//!   optimizer state (the master-weights rule of mixed-precision training: AdamW steps at the
+//!   paper's learning rates are below the resolution of half-precision numbers).
+//! - PEANuT's one product with the frozen weight, `W0·A`, runs in `W0`'s precision like every
+//!   other product with it ([`matmul_as_stored`]); the rest of the adapter (`σ`, the body,
+//!   `x·H`, `·B`) runs in f32. An f32 copy of each adapted `W0`, kept for the backward pass,
+//!   would cost as much memory as the half-precision storage saves.
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::backend::Backend;
@@ -120,6 +123,29 @@ pub fn cast_frozen<B: Backend, M: Module<B>>(module: M, precision: Precision) ->
     module.map(&mut CastFrozen(precision.dtype(), Vec::new()))
 }
 
+/// `tensor` in f32 when it is stored in a half type; unchanged otherwise.
+pub fn widen<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Tensor<B, D> {
+    match tensor.dtype() {
+        DType::F16 | DType::BF16 => tensor.cast(FloatDType::F32),
+        _ => tensor,
+    }
+}
+
+/// `param` made trainable or frozen; one made trainable is widened to f32 first (a half-precision
+/// frozen weight that starts to train gets f32 master values, see the module docs).
+pub fn set_trainable<B: Backend, const D: usize>(
+    param: Param<Tensor<B, D>>,
+    trainable: bool,
+) -> Param<Tensor<B, D>> {
+    let half = matches!(param.val().dtype(), DType::F16 | DType::BF16);
+    let param = if trainable && half {
+        param.map(widen)
+    } else {
+        param
+    };
+    param.set_require_grad(trainable)
+}
+
 /// Bytes of the float parameters of `module` as stored (each in its own precision).
 pub fn stored_bytes<B: Backend, M: Module<B>>(module: &M) -> usize {
     struct Bytes(usize);
@@ -156,6 +182,22 @@ pub fn linear_as_stored<B: Backend, const D: usize>(
         Some(b) => y + b.unsqueeze(),
         None => y,
     }
+}
+
+/// `w·a` computed in `w`'s precision (`a` cast to it), returned in `a`'s: the product of a
+/// half-precision frozen weight with an f32 adapter matrix. The plain `matmul` when the types
+/// agree.
+///
+/// # Shapes
+/// - w: `[m, k]`
+/// - a: `[k, n]`
+/// - output: `[m, n]`
+pub fn matmul_as_stored<B: Backend>(w: Tensor<B, 2>, a: Tensor<B, 2>) -> Tensor<B, 2> {
+    let (compute, out) = (w.dtype(), a.dtype());
+    if compute == out {
+        return w.matmul(a);
+    }
+    w.matmul(a.cast(compute)).cast(out)
 }
 
 /// `tensor` as `dtype` (a no-op when it already is).

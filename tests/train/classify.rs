@@ -99,17 +99,25 @@ fn a_diverging_run_stops_with_a_clear_message() {
         adapter_lr: 1e30,
         ..tiny_config(Method::Full, 3)
     };
+    let dir = root.join("run");
     let err = train::train_image(
         tiny_vit(3),
         &dataset,
         &config,
-        &run(&root.join("run"), false),
+        &run(&dir, false),
         &Default::default(),
     )
     .err()
     .expect("must diverge");
     assert!(matches!(err, TrainError::NonFiniteLoss { .. }), "{err}");
     assert!(err.to_string().contains("non-finite"), "{err}");
+    // The guard reads losses off the training thread, but no diverged epoch is committed: the
+    // first step's update already overflows, so no epoch is good, and nothing is left staged.
+    assert_eq!(train::last_checkpoint(&dir), None);
+    let staged: Vec<_> = std::fs::read_dir(dir.join("checkpoint"))
+        .map(|entries| entries.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(staged.is_empty(), "{staged:?}");
 }
 
 #[test]

@@ -794,3 +794,68 @@ fn lm_user_errors_name_the_path_or_option() {
     std::fs::write(&empty, "[]").unwrap();
     assert!(train(&empty, &[]).to_string().contains("empty.json"));
 }
+
+#[test]
+fn cli_train_lm_on_two_workers_with_checkpointing_in_bf16() {
+    let root = temp_dir("lm-scale");
+    let model_dir = write_model(&root.join("model"), 7);
+    let data = write_examples(&root.join("data/train.json"), &examples(8));
+    let out = root.join("run");
+    cli::run(parse(&[
+        "train",
+        "lm",
+        "--data",
+        path_str(&data),
+        "--model",
+        path_str(&model_dir),
+        "--output-dir",
+        path_str(&out),
+        "--rank",
+        "2",
+        "--batch-size",
+        "4",
+        "--grad-accumulation",
+        "1",
+        "--warmup-steps",
+        "0",
+        "--val-size",
+        "2",
+        "--cutoff-len",
+        "64",
+        "--devices",
+        "cpu:2",
+        "--checkpointing",
+        "--precision",
+        "bf16",
+    ]))
+    .unwrap();
+    assert_eq!(train::last_checkpoint(&out), Some(1));
+    let run: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["config"]["precision"], "bf16", "{run}");
+    // The adapters train in f32 and export as usual; they reload onto the f32 base.
+    let mut model = load(&model_dir);
+    model.load_adapters(&out.join("export/peft")).unwrap();
+    assert!(logits(&model).iter().all(|v| v.is_finite()));
+    // Two devices cannot share a batch of 3.
+    let err = cli::run(parse(&[
+        "train",
+        "lm",
+        "--data",
+        path_str(&data),
+        "--model",
+        path_str(&model_dir),
+        "--output-dir",
+        path_str(&root.join("uneven")),
+        "--batch-size",
+        "3",
+        "--devices",
+        "2",
+    ]))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("--devices") && err.contains("multiple"),
+        "{err}"
+    );
+}

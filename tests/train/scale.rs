@@ -396,3 +396,84 @@ fn a_backend_without_half_precision_is_a_clear_error() {
         "{message}"
     );
 }
+
+#[test]
+fn a_half_precision_weight_that_starts_to_train_is_widened_to_f32() {
+    let device = Default::default();
+    let mut config = VitConfig::tiny();
+    config.num_labels = 3;
+    let model: Vit<TrainBackend> = config.init_in(3, &device, Precision::Bf16).unwrap();
+    assert_eq!(model.classifier.base.weight.val().dtype(), DType::BF16);
+    let head = model.with_trainable_head(true);
+    assert_eq!(head.classifier.base.weight.val().dtype(), DType::F32);
+    assert!(head.classifier.base.weight.val().is_require_grad());
+    let full = head.with_trainable_base(true);
+    let (matrices, _) = matrix_dtypes(&full);
+    assert!(matrices.iter().all(|&d| d == DType::F32), "{matrices:?}");
+}
+
+/// `train image` from the command line with every scale option: two CPU workers, gradient
+/// checkpointing and bf16 train what one plain bf16 device trains.
+#[test]
+fn cli_scale_options_train_what_one_plain_device_trains() {
+    let root = temp_dir("scale-cli");
+    let data_dir = root.join("data");
+    image_folder(&data_dir, 4);
+    let model = root.join("vit");
+    tiny_vit(3).save_merged(&model).unwrap();
+    let mut exported = Vec::new();
+    for (name, extra) in [
+        ("plain", &[][..]),
+        ("scaled", &["--devices", "cpu:2", "--checkpointing"][..]),
+    ] {
+        let out = root.join(name);
+        let mut args = vec![
+            "peanut",
+            "train",
+            "image",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--output-dir",
+            out.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--grad-accumulation",
+            "1",
+            "--image-size",
+            "16",
+            "--rank",
+            "2",
+            "--no-augment",
+            "--precision",
+            "bf16",
+        ];
+        args.extend_from_slice(extra);
+        use clap::Parser;
+        peanut_train::cli::run(peanut_train::cli::Cli::try_parse_from(args).unwrap()).unwrap();
+        let mut reloaded = tiny_vit(3).valid();
+        reloaded.load_adapters(&out.join("export/peft")).unwrap();
+        exported.push(trained_values(&reloaded));
+    }
+    common::assert_close("scaled CLI run", &exported[1], &exported[0], 1e-4);
+    let err = peanut_train::cli::run(
+        <peanut_train::cli::Cli as clap::Parser>::try_parse_from([
+            "peanut",
+            "train",
+            "image",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--devices",
+            "cuda:0,1",
+        ])
+        .unwrap(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("--features cuda"), "{err}");
+}

@@ -6,8 +6,9 @@ use burn::module::Module;
 use burn::nn::Embedding;
 use burn::tensor::{Int, Tensor, backend::Backend};
 use peanut::AdaptedLinear;
+use peanut::Precision;
 use peanut::io::PeftPaths;
-use peanut::precision::{cast_to, linear_as_stored};
+use peanut::precision::{cast_to, linear_as_stored, set_trainable};
 
 use super::cache::KvCache;
 use super::config::LlamaConfig;
@@ -55,8 +56,22 @@ pub struct Llama<B: Backend> {
 impl LlamaConfig {
     /// A model with weights drawn from `seed`.
     pub fn init<B: Backend>(&self, seed: u64, device: &B::Device) -> Result<Llama<B>> {
+        self.init_in(seed, device, Precision::F32)
+    }
+
+    /// [`LlamaConfig::init`] with the linear weights and the embedding stored in `precision`,
+    /// each cast as it is drawn (see [`Llama::from_pretrained_in`]).
+    pub fn init_in<B: Backend>(
+        &self,
+        seed: u64,
+        device: &B::Device,
+        precision: Precision,
+    ) -> Result<Llama<B>> {
         self.validate()?;
-        Llama::build(self.clone(), &mut Source::random(seed, device))
+        Llama::build(
+            self.clone(),
+            &mut Source::random(seed, device).with_precision(precision),
+        )
     }
 }
 
@@ -96,9 +111,22 @@ impl<B: Backend> Llama<B> {
     /// Missing or malformed files, an unsupported architecture, a missing tensor or one whose
     /// shape disagrees with `config.json` — each naming the file and key.
     pub fn from_pretrained(dir: &Path, device: &B::Device) -> Result<Self> {
+        Self::from_pretrained_in(dir, device, Precision::F32)
+    }
+
+    /// [`Llama::from_pretrained`] with the linear weights and the token embedding stored in
+    /// `precision` as they are read (one tensor at a time in f32, so a half-precision model never
+    /// holds its f32 copy; see `peanut::precision`). The backend must support the type
+    /// ([`Precision::is_supported`]).
+    pub fn from_pretrained_in(
+        dir: &Path,
+        device: &B::Device,
+        precision: Precision,
+    ) -> Result<Self> {
         let config = LlamaConfig::from_hf_file(&dir.join(CONFIG_FILE))?;
         let checkpoint = Checkpoint::open(dir)?;
-        Self::build(config, &mut Source::checkpoint(&checkpoint, device))
+        let mut source = Source::checkpoint(&checkpoint, device).with_precision(precision);
+        Self::build(config, &mut source)
     }
 
     /// Makes the output head train (or freezes it). With tied embeddings this is the
@@ -108,7 +136,7 @@ impl<B: Backend> Llama<B> {
             Some(head) => self.lm_head = Some(head.unfreeze_base(trainable)),
             None => {
                 let weight = self.model.embed_tokens.weight.clone();
-                self.model.embed_tokens.weight = weight.set_require_grad(trainable);
+                self.model.embed_tokens.weight = set_trainable(weight, trainable);
             }
         }
         self

@@ -5,6 +5,7 @@ use std::path::Path;
 use burn::module::Module;
 use burn::tensor::{Tensor, backend::Backend};
 use peanut::AdaptedLinear;
+use peanut::Precision;
 use peanut::io::PeftPaths;
 
 use super::config::VitConfig;
@@ -68,6 +69,9 @@ pub struct VitLoadOptions {
     pub image_size: Option<usize>,
     /// Seed of a fresh head.
     pub head_seed: u64,
+    /// The type the linear weights (head included) are stored in, each cast as it is read
+    /// (`peanut::precision`); making the head train widens it to f32 again.
+    pub precision: Precision,
 }
 
 /// What [`Vit::from_pretrained`] did beyond reading tensors.
@@ -104,13 +108,24 @@ impl VitLoadReport {
 impl VitConfig {
     /// A ViT with weights drawn from `seed` (benchmarks, tests, training from scratch).
     pub fn init<B: Backend>(&self, seed: u64, device: &B::Device) -> Result<Vit<B>> {
+        self.init_in(seed, device, Precision::F32)
+    }
+
+    /// [`VitConfig::init`] with the linear weights stored in `precision`, each cast as it is
+    /// drawn (see `peanut::precision`).
+    pub fn init_in<B: Backend>(
+        &self,
+        seed: u64,
+        device: &B::Device,
+        precision: Precision,
+    ) -> Result<Vit<B>> {
         self.validate()?;
-        let mut source = Source::random(seed, device);
+        let mut source = Source::random(seed, device).with_precision(precision);
         Ok(Vit::build(
             self.clone(),
             "",
             &mut source,
-            &mut Source::random(seed ^ 1, device),
+            &mut Source::random(seed ^ 1, device).with_precision(precision),
         )?
         .0)
     }
@@ -197,12 +212,13 @@ impl<B: Backend> Vit<B> {
                 ),
             });
         }
-        let mut source = Source::checkpoint(&checkpoint, device);
+        let mut source = Source::checkpoint(&checkpoint, device).with_precision(options.precision);
         let mut head_source = if head_fits {
             Source::checkpoint(&checkpoint, device)
         } else {
             Source::random(options.head_seed, device)
-        };
+        }
+        .with_precision(options.precision);
         let (model, resized) = Self::build(config, backbone, &mut source, &mut head_source)?;
         report.resized_positions = resized.map(|from| (from, model.config.grid_size()));
         let used: std::collections::HashSet<String> = model

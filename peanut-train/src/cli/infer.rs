@@ -565,8 +565,14 @@ impl Inference {
             .map(|dir| Export::read(dir, &VitPeftPaths))
             .transpose()?;
         let num_labels = export.as_ref().and_then(Export::num_labels);
-        let mut vit =
-            load_vit::<TrainBackend>(&dir, num_labels, processor.output_side(), 0)?.valid();
+        let mut vit = load_vit::<TrainBackend>(
+            &dir,
+            num_labels,
+            processor.output_side(),
+            0,
+            Default::default(),
+        )?
+        .valid();
         let mut labels = None;
         if let Some(export) = export {
             labels = export.labels.clone();
@@ -967,8 +973,13 @@ pub fn info(args: InfoArgs) -> Result<InfoReport> {
     let (linears, adapted, total, trainable, processor) = match family {
         ModelFamily::Vit => {
             let processor = ProcessorArgs::default().resolve(&dir)?;
-            let model =
-                load_vit::<TrainBackend>(&dir, args.num_labels, processor.output_side(), 0)?;
+            let model = load_vit::<TrainBackend>(
+                &dir,
+                args.num_labels,
+                processor.output_side(),
+                0,
+                Default::default(),
+            )?;
             let total = model.num_params();
             let config = ImageTrainConfig {
                 method: args.method,

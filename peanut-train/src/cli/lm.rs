@@ -246,9 +246,10 @@ fn inference_llama(model: &Path, adapter: Option<&Path>) -> Result<(Llama<Select
 pub fn train_lm(args: TrainLmArgs) -> Result<()> {
     let config = args.config();
     config.validate()?;
+    let devices = backend::devices(&args.execution.devices)?;
+    train::parallel::per_device_batch(config.batch_size, devices.len())?;
     let model_dir = resolve_model_dir(&args.model, MODEL_HINT)?;
     let tokenizer = load_tokenizer(&model_dir)?;
-    let devices = backend::devices(&args.execution.devices)?;
     // The training backend is a type: gradient checkpointing picks the other one.
     let trained = if args.execution.checkpointing {
         train_lm_on::<CheckpointedTrainBackend>(&args, &config, &model_dir, &tokenizer, &devices)?
@@ -290,7 +291,8 @@ fn train_lm_on<
     tokenizer: &Tokenizer,
     devices: &[burn::tensor::Device<Selected>],
 ) -> Result<lm_train::TrainedLm<Selected>> {
-    let model = Llama::<B>::from_pretrained(model_dir, &devices[0])?;
+    train::check_precision::<B>(&devices[0], config.precision)?;
+    let model = Llama::<B>::from_pretrained_in(model_dir, &devices[0], config.precision)?;
     let data =
         lm_train::load_instructions(&args.data, tokenizer, model.config.eos_token_id, config)?;
     println!(

@@ -40,7 +40,8 @@ pub use lm::{
 pub use metrics::{ThroughputMetric, TokenAccuracyMetric};
 pub use parallel::{DeviceKind, DeviceSpec};
 pub use run::{
-    AdapterOptions, Method, RunOptions, export_adapters, export_atomically, last_checkpoint,
+    AdapterOptions, Method, RunOptions, check_precision, export_adapters, export_atomically,
+    last_checkpoint,
 };
 pub use step::{
     GroupLearningRate, LearningRates, Objective, StepSettings, TrainableRecord, Trainee,

@@ -403,17 +403,23 @@ pub(crate) fn check_execution<B: Backend>(
         });
     };
     let per_device = super::parallel::per_device_batch(batch_size, devices.len())?;
-    if !precision.is_supported::<B>(device) {
-        return Err(TrainError::InvalidOption {
-            option: "--precision",
-            reason: format!(
-                "the {} backend cannot compute in {precision} on {device:?}; use f32, or a \
-                 backend that has it (flex on the CPU, cuda, wgpu on a GPU with 16-bit floats)",
-                B::name(device)
-            ),
-        });
-    }
+    check_precision::<B>(device, precision)?;
     Ok((device, per_device))
+}
+
+/// An error naming `--precision` unless backend `B` computes in `precision` on `device`.
+pub fn check_precision<B: Backend>(device: &B::Device, precision: Precision) -> Result<()> {
+    if precision.is_supported::<B>(device) {
+        return Ok(());
+    }
+    Err(TrainError::InvalidOption {
+        option: "--precision",
+        reason: format!(
+            "the {} backend cannot compute in {precision} on {device:?}; use f32, or a backend \
+             that has it (flex on the CPU, cuda, wgpu on a GPU with 16-bit floats)",
+            B::name(device)
+        ),
+    })
 }
 
 /// [`TrainError::NonFiniteLoss`] when `guard` saw a non-finite loss (`per_epoch` iterations
