@@ -265,6 +265,7 @@ fn lm_train_on<B: AutodiffBackend<Device = burn::tensor::Device<Selected>>>(step
     let inputs = ids.clone().narrow(1, 0, LM_TOKENS);
     let targets = ids.narrow(1, 1, LM_TOKENS).reshape([LM_BATCH * LM_TOKENS]);
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let mut last_loss = 0.0;
     let (seconds, cores) = timed(steps, || {
         let logits = model.forward(inputs.clone(), None);
         let loss = loss_fn.forward(
@@ -273,7 +274,7 @@ fn lm_train_on<B: AutodiffBackend<Device = burn::tensor::Device<Selected>>>(step
         );
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optimizer.step(3e-4, model.clone(), grads);
-        let _ = loss.into_data();
+        last_loss = loss.into_scalar().elem::<f64>();
     });
     report(
         "lm-train",
@@ -281,7 +282,7 @@ fn lm_train_on<B: AutodiffBackend<Device = burn::tensor::Device<Selected>>>(step
         "seq/s",
         cores,
         &format!(
-            ", \"tokens_per_s\": {:.1}{}",
+            ", \"tokens_per_s\": {:.1}{}, \"last_loss\": {last_loss:.6}",
             (LM_BATCH * LM_TOKENS) as f64 / seconds,
             scale_fields()
         ),

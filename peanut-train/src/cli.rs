@@ -501,7 +501,6 @@ pub fn train_image_job(job: &ImageJob) -> Result<TrainImageOutcome> {
         config.normalization = Normalization::from_processor(&processor);
     }
     let config = &config;
-    let device = devices[0].clone();
     // The training backend is a type: gradient checkpointing picks the other one.
     let trained = if job.checkpointing {
         let model = load_vit::<CheckpointedTrainBackend>(
@@ -528,7 +527,7 @@ pub fn train_image_job(job: &ImageJob) -> Result<TrainImageOutcome> {
         config.image_size,
         config.normalization,
         config.batch_size,
-        &device,
+        &devices[0],
     );
     println!(
         "test: top-1 {:.2}%, top-5 {:.2}% on {} images; {} trainable parameters",

@@ -6,8 +6,8 @@
 //! adapter export, Hugging Face hub ids for models and datasets ([`hub`]), and the `peanut`
 //! command line.
 //!
-//! The backend is chosen once, in [`backend`], by cargo feature (`ndarray`, `wgpu`, `cuda`);
-//! everything else is generic over `B: Backend`.
+//! The backend is chosen once, in [`backend`], by cargo feature (`flex`, the default, `ndarray`,
+//! `wgpu`, `cuda`, `candle`); everything else is generic over `B: Backend`.
 //!
 //! # Module map
 //!
@@ -17,7 +17,9 @@
 //!   ▼
 //! train           the pipelines on burn's Learner (its own map: train/mod.rs)
 //!   ├── image, lm        configs, data loading, evaluation, export of each task
+//!   ├── fit              the one Learner set-up both pipelines run
 //!   ├── run              run.json, --resume / --overwrite, shared Learner settings
+//!   ├── parallel         --devices: data parallel on burn's multi-device strategy
 //!   ├── step, guard      the one guarded training step, parameter groups
 //!   └── checkpoint       crash-safe, trainable-only epoch checkpoints
 //! data            datasets (Stanford Cars, ImageFolder, parquet, digits, instruction JSON),

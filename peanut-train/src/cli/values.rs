@@ -64,6 +64,18 @@ pub fn non_negative_f64(text: &str) -> Result<f64, String> {
     }
 }
 
+/// A `--precision` value: `f32`, `f16` or `bf16` (or transformers' `float32`, `float16`,
+/// `bfloat16`).
+pub fn precision(text: &str) -> Result<peanut::Precision, String> {
+    peanut::Precision::from_name(text.trim())
+        .ok_or_else(|| format!("`{text}` is not a precision: use f32, f16 or bf16"))
+}
+
+/// A `--devices` value: a count (`2`) or a list (`cuda:0,1`, `wgpu:0,1`, `cpu:2`).
+pub fn devices(text: &str) -> Result<crate::train::DeviceSpec, String> {
+    text.parse()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,16 +98,4 @@ mod tests {
             assert!(image_size(bad).is_err(), "{bad}");
         }
     }
-}
-
-/// A `--precision` value: `f32`, `f16` or `bf16` (or transformers' `float32`, `float16`,
-/// `bfloat16`).
-pub fn precision(text: &str) -> Result<peanut::Precision, String> {
-    peanut::Precision::from_name(text.trim())
-        .ok_or_else(|| format!("`{text}` is not a precision: use f32, f16 or bf16"))
-}
-
-/// A `--devices` value: a count (`2`) or a list (`cuda:0,1`, `wgpu:0,1`, `cpu:2`).
-pub fn devices(text: &str) -> Result<crate::train::DeviceSpec, String> {
-    text.parse()
 }

@@ -4,26 +4,23 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use burn::data::dataloader::DataLoaderBuilder;
-use burn::optim::AdamWConfig;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor};
 use burn::train::metric::{AccuracyMetric, LossMetric, TopKAccuracyMetric};
-use burn::train::{Interrupter, Learner, SupervisedTraining};
 use peanut::Precision;
 use peanut_models::{AdaptableModel, Vit};
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint;
-use super::classifier::ImageClassifier;
+use super::fit::{Accumulation, Loaders, Recipe, Training, Warmup, fit};
 use super::guard::{LossGuard, LossGuardMetric};
 use super::metrics::ThroughputMetric;
 use super::run::{self, AdapterOptions, Method, RunOptions};
-use super::step::{GroupLearningRate, LearningRates, StepSettings};
+use super::step::{GroupLearningRate, LearningRates};
 use crate::data::{
     EpochOrder, ImageBatcher, ImageDataset, ImageSplit, Normalization, SampleRef, Transform,
 };
 use crate::error::{Result, TrainError};
-use crate::schedule::{Decay, WarmupDecay};
+use crate::schedule::Decay;
 
 /// Everything that decides what a training run computes. Saved as `run.json` in the run
 /// directory; `--resume` requires the same settings.
@@ -209,14 +206,7 @@ pub fn train_image_on<B: AutodiffBackend>(
     devices: &[B::Device],
 ) -> Result<TrainedImage<B::InnerBackend>> {
     config.validate()?;
-    let (device, per_device) =
-        run::check_execution::<B>(devices, config.batch_size, config.precision)?;
-    let base_fingerprint = checkpoint::fingerprint(&model);
-    let start_epoch = run::begin(run, &data.root, config, config.epochs, &base_fingerprint)?;
-    B::seed(device, config.seed);
-    let (model, trainable_params) = prepare_model(model, config)?;
     let channels = model.config.num_channels;
-
     let train_samples: Arc<[_]> = data.train.samples.clone().into();
     let test_samples: Arc<[_]> = data.test.samples.clone().into();
     let train_batcher = ImageBatcher::new(
@@ -233,76 +223,60 @@ pub fn train_image_on<B: AutodiffBackend>(
         channels,
         config.seed,
     );
-    let order = EpochOrder::new(train_samples.len(), Some(config.seed))
-        .starting_at_pass(start_epoch.unwrap_or(0))
-        .for_devices(per_device, devices.len());
-    let loader_train = DataLoaderBuilder::<B, SampleRef, _>::new(train_batcher.clone())
-        .batch_size(per_device)
-        .build(order);
-    let loader_test = DataLoaderBuilder::<B::InnerBackend, SampleRef, _>::new(test_batcher)
-        .batch_size(config.batch_size)
-        .build(EpochOrder::new(test_samples.len(), None));
-
-    let per_epoch = train_samples.len().div_ceil(config.batch_size);
-    let total = per_epoch * config.epochs;
-    let warmup = (config.warmup_ratio * total as f64).round() as usize;
-    // The schedule is a factor (peak 1) of each parameter group's own peak learning rate.
-    let scheduler = WarmupDecay::new(1.0, warmup, total, config.decay);
-    let mut optimizer = AdamWConfig::new().with_weight_decay(config.weight_decay as f32);
-    optimizer = optimizer.with_epsilon(1e-8);
-
-    let interrupter = Interrupter::new();
-    // The guard counts passes: one per device and step.
-    let passes = per_epoch * devices.len();
-    let guard = LossGuard::new(interrupter.clone(), start_epoch.unwrap_or(0) * passes);
-    let settings = StepSettings {
+    let recipe = Recipe {
+        run,
+        data: &data.root,
+        config,
+        examples: train_samples.len(),
+        epochs: config.epochs,
+        batch_size: config.batch_size,
+        grad_accumulation: config.grad_accumulation,
+        accumulation: Accumulation::Sum,
+        seed: config.seed,
+        precision: config.precision,
         learning_rates: LearningRates {
             head: config.head_lr,
             body: config.adapter_lr,
         },
+        weight_decay: config.weight_decay,
+        warmup: Warmup::Fraction(config.warmup_ratio),
+        decay: config.decay,
         clip_grad_norm: config.clip_grad_norm,
-        // Accumulated passes are summed (the paper's); devices share one batch, so each
-        // device's mean is divided by their count.
-        loss_divisor: devices.len(),
     };
-    let wrapped = ImageClassifier::new(model, guard.clone(), settings);
-    let learner = Learner::new(wrapped, optimizer.init(), scheduler);
-
+    let loaders = |order, per_device| -> Loaders<B, Vit<B>> {
+        let train = DataLoaderBuilder::<B, SampleRef, _>::new(train_batcher.clone())
+            .batch_size(per_device)
+            .build(order);
+        let test = DataLoaderBuilder::<B::InnerBackend, SampleRef, _>::new(test_batcher)
+            .batch_size(config.batch_size)
+            .build(EpochOrder::new(test_samples.len(), None));
+        (train, test)
+    };
     let top_k = data.classes.len().clamp(1, 5);
-    let training = SupervisedTraining::new(&run.dir, loader_train, loader_test)
-        .metrics((
-            LossMetric::new(),
-            AccuracyMetric::new(),
-            TopKAccuracyMetric::new(top_k),
-        ))
-        .metric_train_numeric(GroupLearningRate::new("head", config.head_lr))
-        .metric_train_numeric(ThroughputMetric::new("images/s"))
-        .metric_train(LossGuardMetric::new(guard.clone()));
-    let training = match config.method {
-        Method::Head => training,
-        Method::Full => {
-            training.metric_train_numeric(GroupLearningRate::new("backbone", config.adapter_lr))
-        }
-        Method::Peanut | Method::Lora => {
-            training.metric_train_numeric(GroupLearningRate::new("adapters", config.adapter_lr))
-        }
-    };
-    let training = run::configure(
-        training,
-        run,
-        config.epochs,
-        config.grad_accumulation,
-        start_epoch,
-        &guard,
-        &base_fingerprint,
-        devices,
-    );
-    let result = training.launch(learner);
-    drop(result.renderer);
-    run::check_divergence(&guard, &interrupter, run, passes)?;
+    let metrics =
+        |training: Training<B, Vit<B>>, guard: &LossGuard| {
+            let training = training
+                .metrics((
+                    LossMetric::new(),
+                    AccuracyMetric::new(),
+                    TopKAccuracyMetric::new(top_k),
+                ))
+                .metric_train_numeric(GroupLearningRate::new("head", config.head_lr))
+                .metric_train_numeric(ThroughputMetric::new("images/s"))
+                .metric_train(LossGuardMetric::new(guard.clone()));
+            match config.method {
+                Method::Head => training,
+                Method::Full => training
+                    .metric_train_numeric(GroupLearningRate::new("backbone", config.adapter_lr)),
+                Method::Peanut | Method::Lora => training
+                    .metric_train_numeric(GroupLearningRate::new("adapters", config.adapter_lr)),
+            }
+        };
+    let prepare = |model| prepare_model(model, config);
+    let fitted = fit(model, recipe, devices, prepare, loaders, metrics)?;
     Ok(TrainedImage {
-        model: result.model.model,
-        trainable_params,
+        model: fitted.model,
+        trainable_params: fitted.trainable_params,
         skipped_images: train_batcher.skipped() + data.train.skipped,
     })
 }

@@ -5,26 +5,23 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use burn::data::dataloader::DataLoaderBuilder;
-use burn::optim::AdamWConfig;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::train::metric::LossMetric;
-use burn::train::{Interrupter, Learner, SupervisedTraining};
 use peanut::Precision;
 use peanut_models::llama::{GenerationConfig, Tokenizer};
 use peanut_models::{AdaptableModel, Llama};
 use serde::{Deserialize, Serialize};
 
-use super::causal_lm::CausalLm;
-use super::checkpoint;
+use super::fit::{Accumulation, Loaders, Recipe, Training, Warmup, fit};
 use super::guard::{LossGuard, LossGuardMetric};
 use super::metrics::{ThroughputMetric, TokenAccuracyMetric};
 use super::run::{self, AdapterOptions, Method, RunOptions};
-use super::step::{GroupLearningRate, LearningRates, StepSettings};
+use super::step::{GroupLearningRate, LearningRates};
 use crate::data::instruct::{self, Instruction, Task, TokenizeOptions, Tokenized};
 use crate::data::rng::SplitMix64;
 use crate::data::{EpochOrder, LmBatcher, SampleRef};
 use crate::error::{Result, TrainError};
-use crate::schedule::{Decay, WarmupDecay};
+use crate::schedule::Decay;
 
 /// The id padding uses (LLM-Adapters pads with 0; any id works, see [`LmBatcher::new`]).
 pub const PAD_ID: u32 = 0;
@@ -296,73 +293,50 @@ pub fn train_lm_on<B: AutodiffBackend>(
     devices: &[B::Device],
 ) -> Result<TrainedLm<B::InnerBackend>> {
     config.validate()?;
-    let (device, per_device) =
-        run::check_execution::<B>(devices, config.batch_size, config.precision)?;
-    let base_fingerprint = checkpoint::fingerprint(&model);
-    let start_epoch = run::begin(run, &data.path, config, config.epochs, &base_fingerprint)?;
-    B::seed(device, config.seed);
-    let (model, trainable_params) = prepare_lm(model, config)?;
-
     let train: Arc<[Tokenized]> = data.train.clone().into();
     let valid: Arc<[Tokenized]> = data.valid.clone().into();
-    let order = EpochOrder::new(train.len(), Some(config.seed))
-        .starting_at_pass(start_epoch.unwrap_or(0))
-        .for_devices(per_device, devices.len());
-    let loader_train =
-        DataLoaderBuilder::<B, SampleRef, _>::new(LmBatcher::new(train.clone(), PAD_ID))
+    let recipe = Recipe {
+        run,
+        data: &data.path,
+        config,
+        examples: train.len(),
+        epochs: config.epochs,
+        batch_size: config.batch_size,
+        grad_accumulation: config.grad_accumulation,
+        accumulation: Accumulation::Mean,
+        seed: config.seed,
+        precision: config.precision,
+        learning_rates: LearningRates::uniform(config.learning_rate),
+        weight_decay: config.weight_decay,
+        warmup: Warmup::Steps(config.warmup_steps),
+        decay: config.decay,
+        clip_grad_norm: config.clip_grad_norm,
+    };
+    let loaders = |order, per_device| -> Loaders<B, Llama<B>> {
+        let train = DataLoaderBuilder::<B, SampleRef, _>::new(LmBatcher::new(train, PAD_ID))
             .batch_size(per_device)
             .build(order);
-    let loader_valid = DataLoaderBuilder::<B::InnerBackend, SampleRef, _>::new(LmBatcher::new(
-        valid.clone(),
-        PAD_ID,
-    ))
-    .batch_size(config.batch_size)
-    .build(EpochOrder::new(valid.len(), None));
-
-    let per_epoch = train.len().div_ceil(config.batch_size);
-    let total = per_epoch * config.epochs;
-    let warmup = (config.warmup_steps * config.grad_accumulation).min(total);
-    // The schedule is a factor (peak 1) of the peak learning rate.
-    let scheduler = WarmupDecay::new(1.0, warmup, total, config.decay);
-    let optimizer = AdamWConfig::new()
-        .with_weight_decay(config.weight_decay as f32)
-        .with_epsilon(1e-8);
-
-    let interrupter = Interrupter::new();
-    // The guard counts passes: one per device and step.
-    let passes = per_epoch * devices.len();
-    let guard = LossGuard::new(interrupter.clone(), start_epoch.unwrap_or(0) * passes);
-    let settings = StepSettings {
-        learning_rates: LearningRates::uniform(config.learning_rate),
-        clip_grad_norm: config.clip_grad_norm,
-        // The mean over accumulated passes and devices (transformers' Trainer).
-        loss_divisor: config.grad_accumulation * devices.len(),
+        let valid_len = valid.len();
+        let valid =
+            DataLoaderBuilder::<B::InnerBackend, SampleRef, _>::new(LmBatcher::new(valid, PAD_ID))
+                .batch_size(config.batch_size)
+                .build(EpochOrder::new(valid_len, None));
+        (train, valid)
     };
-    let wrapped = CausalLm::new(model, guard.clone(), settings);
-    let learner = Learner::new(wrapped, optimizer.init(), scheduler);
-    let training = SupervisedTraining::new(&run.dir, loader_train, loader_valid)
-        .metric_train_numeric(LossMetric::<B>::new())
-        .metric_valid_numeric(LossMetric::<B::InnerBackend>::new())
-        .metrics((TokenAccuracyMetric::new(),))
-        .metric_train_numeric(GroupLearningRate::new("", config.learning_rate))
-        .metric_train_numeric(ThroughputMetric::tokens())
-        .metric_train(LossGuardMetric::new(guard.clone()));
-    let training = run::configure(
-        training,
-        run,
-        config.epochs,
-        config.grad_accumulation,
-        start_epoch,
-        &guard,
-        &base_fingerprint,
-        devices,
-    );
-    let result = training.launch(learner);
-    drop(result.renderer);
-    run::check_divergence(&guard, &interrupter, run, passes)?;
+    let metrics = |training: Training<B, Llama<B>>, guard: &LossGuard| {
+        training
+            .metric_train_numeric(LossMetric::<B>::new())
+            .metric_valid_numeric(LossMetric::<B::InnerBackend>::new())
+            .metrics((TokenAccuracyMetric::new(),))
+            .metric_train_numeric(GroupLearningRate::new("", config.learning_rate))
+            .metric_train_numeric(ThroughputMetric::tokens())
+            .metric_train(LossGuardMetric::new(guard.clone()))
+    };
+    let prepare = |model| prepare_lm(model, config);
+    let fitted = fit(model, recipe, devices, prepare, loaders, metrics)?;
     Ok(TrainedLm {
-        model: result.model.model,
-        trainable_params,
+        model: fitted.model,
+        trainable_params: fitted.trainable_params,
     })
 }
 

@@ -1,16 +1,17 @@
 //! Training and evaluation on burn's Learner: image classification (methods `peanut`, `lora`,
 //! `head`, `full`) and causal-LM instruction tuning (`peanut`, `lora`, `full`).
 //!
-//! Both pipelines share one Learner set-up and one step; they differ only in their model, data
-//! and metrics:
+//! Both pipelines share one Learner set-up ([`fit`]) and one step; they differ only in their
+//! model, data and metrics:
 //!
 //! ```text
-//! image.rs ──┐                        ┌── step.rs        Trainee: the guarded step, parameter
-//!  (ViT,     │                        │                  groups, the trainable-only record
-//!  images)   ├── run.rs ──────────────┤── guard.rs       loss guard, gradient clipping
-//! lm.rs ─────┘   run.json, resume,    └── checkpoint.rs  crash-safe epoch checkpoints
-//!  (LLaMA,       --overwrite, Learner
-//!  JSON)         settings, export
+//! image.rs ──┐                ┌── run.rs         run.json, --resume / --overwrite, Learner
+//!  (ViT,     │                │                  settings, device and precision checks, export
+//!  images)   ├── fit.rs ──────┤── parallel.rs    --devices: per-device batch, burn's strategy
+//! lm.rs ─────┘   the one      ├── step.rs        Trainee: the guarded step, parameter groups,
+//!  (LLaMA,       Learner      │                  the trainable-only record
+//!  JSON)         set-up       ├── guard.rs       loss guard (off the training thread), clipping
+//!                             └── checkpoint.rs  crash-safe epoch checkpoints
 //! classifier.rs / causal_lm.rs   each model's Objective (its loss and metric outputs)
 //! metrics.rs                     throughput and token-accuracy metrics
 //! ```
@@ -18,6 +19,7 @@
 pub mod causal_lm;
 pub mod checkpoint;
 pub mod classifier;
+pub mod fit;
 pub mod guard;
 pub mod image;
 pub mod lm;

@@ -150,7 +150,7 @@ impl std::fmt::Display for DeviceSpec {
 /// When `batch_size` does not divide evenly among the devices (the step would then not be the
 /// one asked for).
 pub fn per_device_batch(batch_size: usize, devices: usize) -> Result<usize> {
-    if devices == 0 || batch_size % devices != 0 {
+    if devices == 0 || !batch_size.is_multiple_of(devices) {
         return Err(TrainError::InvalidOption {
             option: "--devices",
             reason: format!(
