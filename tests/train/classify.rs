@@ -338,3 +338,45 @@ fn epoch_checkpoints_hold_the_trainable_parameters_only() {
          {optim} B"
     );
 }
+
+#[test]
+fn library_callers_get_the_command_lines_checks() {
+    let root = temp_dir("config-checks");
+    image_folder(&root.join("data"), 2);
+    let dataset = data::detect(&root.join("data")).unwrap();
+    for (config, option) in [
+        (
+            ImageTrainConfig {
+                weight_decay: f64::NAN,
+                ..tiny_config(Method::Peanut, 1)
+            },
+            "--weight-decay",
+        ),
+        (
+            ImageTrainConfig {
+                adapter: AdapterOptions {
+                    lora_alpha: 0.0,
+                    ..AdapterOptions::default()
+                },
+                ..tiny_config(Method::Lora, 1)
+            },
+            "--lora-alpha",
+        ),
+    ] {
+        let dir = root.join(option.trim_start_matches('-'));
+        let err = train::train_image(
+            tiny_vit(3),
+            &dataset,
+            &config,
+            &run(&dir, false),
+            &Default::default(),
+        )
+        .err()
+        .expect("refused");
+        assert!(
+            matches!(&err, TrainError::InvalidOption { option: o, .. } if *o == option),
+            "{option}: {err}"
+        );
+        assert!(!dir.join("run.json").exists());
+    }
+}

@@ -477,3 +477,34 @@ fn cli_scale_options_train_what_one_plain_device_trains() {
     .to_string();
     assert!(err.contains("--features cuda"), "{err}");
 }
+
+/// A two-device run killed after its first epoch resumes on one device (the device count is not
+/// part of `run.json`) and ends where the uninterrupted two-device run ends.
+#[test]
+fn a_two_device_run_resumes_on_one_device() {
+    let root = temp_dir("devices-resume");
+    image_folder(&root.join("data"), 4);
+    let dataset = data::detect(&root.join("data")).unwrap();
+    let config = tiny_config(Method::Peanut, 2);
+    let device = Default::default();
+    let full = root.join("full");
+    let two = [device, device];
+    let uninterrupted =
+        train::train_image_on(tiny_vit(3), &dataset, &config, &run(&full, false), &two).unwrap();
+    let resumed_dir = root.join("resumed");
+    copy_epoch(&full, &resumed_dir, 1);
+    let resumed = train::train_image(
+        tiny_vit(3),
+        &dataset,
+        &config,
+        &run(&resumed_dir, true),
+        &device,
+    )
+    .unwrap();
+    common::assert_close(
+        "resumed on one device",
+        &trained_values(&resumed.model),
+        &trained_values(&uninterrupted.model),
+        1e-5,
+    );
+}

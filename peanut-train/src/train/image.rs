@@ -115,6 +115,7 @@ impl ImageTrainConfig {
                 return bad(option, format!("must be a positive number, got {lr}"));
             }
         }
+        run::check_weight_decay(self.weight_decay)?;
         if !(0.0..1.0).contains(&self.warmup_ratio) {
             return bad(
                 "--warmup-ratio",

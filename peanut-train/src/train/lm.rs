@@ -139,6 +139,7 @@ impl LmTrainConfig {
                 format!("must be a positive number, got {}", self.learning_rate),
             );
         }
+        run::check_weight_decay(self.weight_decay)?;
         if self.clip_grad_norm.is_some_and(|c| c.is_nan() || c <= 0.0) {
             return bad("--clip-grad-norm", "must be positive".into());
         }

@@ -88,6 +88,12 @@ impl AdapterOptions {
                 Some(config.into())
             }
             Method::Lora => {
+                if !(self.lora_alpha.is_finite() && self.lora_alpha > 0.0) {
+                    return Err(TrainError::InvalidOption {
+                        option: "--lora-alpha",
+                        reason: format!("must be a positive number, got {}", self.lora_alpha),
+                    });
+                }
                 let config = LoraConfig::new(self.rank).with_alpha(self.lora_alpha);
                 config.validate()?;
                 Some(config.into())
@@ -346,6 +352,17 @@ pub(crate) fn begin<C: Serialize>(
     let json = serde_json::to_vec_pretty(&record).expect("record serializes");
     checkpoint::write_atomic(&path, &json).map_err(|e| TrainError::io("cannot write", &path, e))?;
     Ok(None)
+}
+
+/// An error naming `--weight-decay` unless `weight_decay` is a finite number ≥ 0.
+pub(crate) fn check_weight_decay(weight_decay: f64) -> Result<()> {
+    if weight_decay.is_finite() && weight_decay >= 0.0 {
+        return Ok(());
+    }
+    Err(TrainError::InvalidOption {
+        option: "--weight-decay",
+        reason: format!("must be a number ≥ 0, got {weight_decay}"),
+    })
 }
 
 /// The Learner settings every pipeline shares: crash-safe per-epoch checkpoints in
