@@ -27,8 +27,8 @@ pub use infer::{
 };
 use infer::{adapter_dir, write_labels};
 pub use lm::{
-    EvalLmArgs, GenerateArgs, LmAdapterArgs, TrainLmArgs, eval_lm, generate, generate_text,
-    train_lm,
+    EvalLmArgs, GenerateArgs, LmAdapterArgs, LmJob, TrainLmArgs, eval_lm, generate, generate_text,
+    train_lm, train_lm_job,
 };
 
 /// PEANuT (weight-aware neural tweakers) and LoRA adapters on burn.

@@ -859,3 +859,49 @@ fn cli_train_lm_on_two_workers_with_checkpointing_in_bf16() {
         "{err}"
     );
 }
+
+/// Rust code builds the same job the command line does, without clap.
+#[test]
+fn an_lm_job_built_in_rust_equals_the_command_lines() {
+    let root = temp_dir("lm-job");
+    let model_dir = write_model(&root.join("model"), 7);
+    let data = write_examples(&root.join("data/train.json"), &examples(8));
+    let out = root.join("cli");
+    let args = [
+        "train",
+        "lm",
+        "--data",
+        path_str(&data),
+        "--model",
+        path_str(&model_dir),
+        "--output-dir",
+        path_str(&out),
+        "--rank",
+        "2",
+        "--warmup-steps",
+        "0",
+        "--val-size",
+        "2",
+        "--cutoff-len",
+        "64",
+    ];
+    let cli::Command::Train(cli::TrainCommand::Lm(parsed)) = parse(&args).command else {
+        unreachable!()
+    };
+    let mut job = cli::LmJob::new(&data, &model_dir, root.join("rust"));
+    job.config.adapter.rank = 2;
+    job.config.warmup_steps = 0;
+    job.config.val_size = 2;
+    job.config.cutoff_len = 64;
+    let from_cli = parsed.job();
+    assert_eq!(job.config, from_cli.config);
+    assert_eq!(
+        (job.data.clone(), job.model.clone()),
+        (from_cli.data.clone(), from_cli.model.clone())
+    );
+    cli::train_lm_job(&job).unwrap();
+    cli::train_lm_job(&from_cli).unwrap();
+    let read =
+        |dir: &Path| std::fs::read(dir.join("export/peft/adapter_model.safetensors")).unwrap();
+    assert_eq!(read(&root.join("rust")), read(&out), "same run, same bytes");
+}

@@ -119,7 +119,73 @@ pub struct TrainLmArgs {
     pub execution: ExecutionArgs,
 }
 
+/// Everything a `train lm` run needs, built once, from the command line
+/// ([`TrainLmArgs::job`]) or from Rust code ([`LmJob::new`]), and only read afterwards.
+#[derive(Debug, Clone)]
+pub struct LmJob {
+    /// The instruction data (LLM-Adapters JSON or JSON lines).
+    pub data: PathBuf,
+    /// The pretrained causal LM: a directory or a Hugging Face id (as `--model`).
+    pub model: PathBuf,
+    /// The run directory and how to open it (`--output-dir`, `--resume`, `--overwrite`).
+    pub run: RunOptions,
+    /// What the run computes.
+    pub config: LmTrainConfig,
+    /// Also write the merged model to `<run directory>/merged`.
+    pub merged: bool,
+    /// The devices to train on (`--devices`).
+    pub devices: train::DeviceSpec,
+    /// Gradient checkpointing (`--checkpointing`).
+    pub checkpointing: bool,
+}
+
+impl LmJob {
+    /// The paper's LLM recipe ([`LmTrainConfig::default`]) of `model` on `data`, in the new run
+    /// directory `output_dir`, on one device.
+    pub fn new(
+        data: impl Into<PathBuf>,
+        model: impl Into<PathBuf>,
+        output_dir: impl Into<PathBuf>,
+    ) -> Self {
+        let config = LmTrainConfig::default();
+        let model = model.into();
+        Self {
+            data: data.into(),
+            run: RunOptions {
+                label: format!("{} lm", config.method.name()),
+                model: model.display().to_string(),
+                ..RunOptions::new(output_dir)
+            },
+            model,
+            config,
+            merged: false,
+            devices: train::DeviceSpec::default(),
+            checkpointing: false,
+        }
+    }
+}
+
 impl TrainLmArgs {
+    /// The job these options describe.
+    pub fn job(&self) -> LmJob {
+        let config = self.config();
+        LmJob {
+            data: self.data.clone(),
+            model: self.model.clone(),
+            run: RunOptions {
+                dir: self.output_dir.clone(),
+                resume: self.resume,
+                overwrite: self.overwrite,
+                label: format!("{} lm", config.method.name()),
+                model: self.model.display().to_string(),
+            },
+            config,
+            merged: self.merged,
+            devices: self.execution.devices.clone(),
+            checkpointing: self.execution.checkpointing,
+        }
+    }
+
     /// The training configuration these options describe.
     pub fn config(&self) -> LmTrainConfig {
         let adapter = &self.adapter;
@@ -244,22 +310,32 @@ fn inference_llama(model: &Path, adapter: Option<&Path>) -> Result<(Llama<Select
 
 /// `peanut train lm`.
 pub fn train_lm(args: TrainLmArgs) -> Result<()> {
-    let config = args.config();
+    train_lm_job(&args.job())
+}
+
+/// Runs a `train lm` job: checks it, loads the model and the data, trains (or resumes) and
+/// exports the adapters (or, for `full`, the model with its tokenizer) to
+/// `<run directory>/export`.
+///
+/// # Errors
+/// Invalid options, unusable data or model, a refused run directory, or a diverging run.
+pub fn train_lm_job(job: &LmJob) -> Result<()> {
+    let config = &job.config;
     config.validate()?;
-    let devices = backend::devices(&args.execution.devices)?;
+    let devices = backend::devices(&job.devices)?;
     train::parallel::per_device_batch(config.batch_size, devices.len())?;
-    let model_dir = resolve_model_dir(&args.model, MODEL_HINT)?;
+    let model_dir = resolve_model_dir(&job.model, MODEL_HINT)?;
     let tokenizer = load_tokenizer(&model_dir)?;
     // The training backend is a type: gradient checkpointing picks the other one.
-    let trained = if args.execution.checkpointing {
-        train_lm_on::<CheckpointedTrainBackend>(&args, &config, &model_dir, &tokenizer, &devices)?
+    let trained = if job.checkpointing {
+        train_lm_on::<CheckpointedTrainBackend>(job, &model_dir, &tokenizer, &devices)?
     } else {
-        train_lm_on::<TrainBackend>(&args, &config, &model_dir, &tokenizer, &devices)?
+        train_lm_on::<TrainBackend>(job, &model_dir, &tokenizer, &devices)?
     };
     println!("{} trainable parameters", trained.trainable_params);
-    let export_dir = args.output_dir.join("export");
+    let export_dir = job.run.dir.join("export");
     let written = train::export_atomically(&export_dir, |staging| {
-        let written = lm_train::export_lm(&trained.model, staging, args.model.to_str())?;
+        let written = lm_train::export_lm(&trained.model, staging, job.model.to_str())?;
         if config.method == Method::Full {
             for path in &written {
                 copy_tokenizer(&model_dir, path)?;
@@ -270,10 +346,10 @@ pub fn train_lm(args: TrainLmArgs) -> Result<()> {
     for path in written {
         println!("wrote {}", path.display());
     }
-    if args.merged {
+    if job.merged {
         let mut model = trained.model;
         model.merge_adapters();
-        let merged = args.output_dir.join("merged");
+        let merged = job.run.dir.join("merged");
         model.save_merged(&merged)?;
         copy_tokenizer(&model_dir, &merged)?;
         println!("wrote {}", merged.display());
@@ -285,16 +361,16 @@ pub fn train_lm(args: TrainLmArgs) -> Result<()> {
 fn train_lm_on<
     B: AutodiffBackend<InnerBackend = Selected, Device = burn::tensor::Device<Selected>>,
 >(
-    args: &TrainLmArgs,
-    config: &LmTrainConfig,
+    job: &LmJob,
     model_dir: &Path,
     tokenizer: &Tokenizer,
     devices: &[burn::tensor::Device<Selected>],
 ) -> Result<lm_train::TrainedLm<Selected>> {
+    let config = &job.config;
     train::check_precision::<B>(&devices[0], config.precision)?;
     let model = Llama::<B>::from_pretrained_in(model_dir, &devices[0], config.precision)?;
     let data =
-        lm_train::load_instructions(&args.data, tokenizer, model.config.eos_token_id, config)?;
+        lm_train::load_instructions(&job.data, tokenizer, model.config.eos_token_id, config)?;
     println!(
         "{}: {} examples, {} train / {} validation ({} dropped: no response token within {} \
          tokens)",
@@ -305,14 +381,7 @@ fn train_lm_on<
         data.dropped,
         config.cutoff_len
     );
-    let run = RunOptions {
-        dir: args.output_dir.clone(),
-        resume: args.resume,
-        overwrite: args.overwrite,
-        label: format!("{} lm", config.method.name()),
-        model: args.model.display().to_string(),
-    };
-    lm_train::train_lm_on(model, &data, config, &run, devices)
+    lm_train::train_lm_on(model, &data, config, &job.run, devices)
 }
 
 /// `peanut eval lm`: prints the accuracy as one JSON object and returns it.
