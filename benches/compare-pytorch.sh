@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv="${PEANUT_BENCH_VENV:-target/bench-venv}"
-workloads="${WORKLOADS:-vit-train lm-train generate vit-infer}"
+workloads="${WORKLOADS:-vit-train lm-train generate generate-batch vit-infer}"
 python="${PYTHON:-python3}"
 
 if ! "$venv/bin/python" -c 'import torch, transformers, peft' 2>/dev/null; then

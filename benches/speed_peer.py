@@ -5,7 +5,7 @@ Runs one workload, with the same shapes, batch, adapter and step count as `examp
 and prints one JSON line in the same format: throughput, cores kept busy during the timed
 steps (user + system CPU time over wall time) and peak resident memory (VmHWM).
 
-    python3 benches/speed_peer.py vit-train [steps]   # or lm-train, generate, vit-infer
+    python3 benches/speed_peer.py vit-train [steps]   # or lm-train, generate, generate-batch, vit-infer
 
 Models are randomly initialised at real shapes (no download): ViT-S/14 at 112 px in
 transformers' ViT layout (DINOv2-S's shape) and a LLaMA with SmolLM2-135M's shape; PEANuT from
@@ -241,6 +241,57 @@ def generate(repeats):
     )
 
 
+BATCH_PROMPTS = 8
+
+
+def generate_batch(repeats):
+    """`eval lm`'s generation: 8 prompts of different lengths (64, 61, ..., 43 tokens), greedy,
+    32 new tokens each, in one left-padded batch with an attention mask (transformers'
+    `generate`, as LLM-Adapters' evaluation batches)."""
+    torch.manual_seed(0)
+    config = lm_config()
+    model = transformers.LlamaForCausalLM(config).to(DEVICE)
+    targets = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
+    model = peft.get_peft_model(model, peanut(8, targets))
+    for name, param in model.named_parameters():
+        if "peanut_B" in name:
+            torch.nn.init.normal_(param, std=0.02)
+    model = model.merge_and_unload().eval()
+    ids = token_ids(1, PROMPT_TOKENS, config.vocab_size)[0].tolist()
+    lengths = [PROMPT_TOKENS - 3 * i for i in range(BATCH_PROMPTS)]
+    longest = max(lengths)
+    rows = [[0] * (longest - n) + ids[PROMPT_TOKENS - n :] for n in lengths]
+    mask = [[0] * (longest - n) + [1] * n for n in lengths]
+    input_ids = torch.tensor(rows, device=DEVICE)
+    attention_mask = torch.tensor(mask, device=DEVICE)
+
+    def run():
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                max_new_tokens=NEW_TOKENS,
+                min_new_tokens=NEW_TOKENS,
+                do_sample=False,
+                pad_token_id=0,
+            )
+        assert out.shape[1] == longest + NEW_TOKENS
+
+    run()
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    for _ in range(repeats):
+        run()
+    seconds = time.perf_counter() - wall
+    cores = (cpu_seconds() - cpu) / seconds
+    report(
+        "generate-batch",
+        BATCH_PROMPTS * NEW_TOKENS * repeats / seconds,
+        "tok/s",
+        cores,
+        prompts=BATCH_PROMPTS,
+    )
+
+
 def main():
     workload = sys.argv[1] if len(sys.argv) > 1 else ""
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else None
@@ -249,6 +300,7 @@ def main():
         "vit-infer": (vit_infer, 4),
         "lm-train": (lm_train, 3),
         "generate": (generate, 2),
+        "generate-batch": (generate_batch, 1),
     }
     if workload not in runs:
         sys.exit(f"unknown workload {workload!r}: expected one of {', '.join(runs)} [steps]")

@@ -3,7 +3,7 @@
 //! each in its own process, and prints the ratios).
 //!
 //! ```sh
-//! cargo run --release --example speed -- vit-train      # or lm-train, generate, vit-infer
+//! cargo run --release --example speed -- vit-train      # or lm-train, generate, generate-batch, vit-infer
 //! ```
 //!
 //! Models are randomly initialised at real shapes (no download). `PEANUT_SPEED_SIZE=small` (the
@@ -27,6 +27,7 @@ use burn::tensor::ElementConversion;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use peanut::{AdapterConfig, PeanutConfig, Precision};
+use peanut_models::llama::GenerationConfig;
 use peanut_models::{AdaptableModel, Llama, LlamaConfig, Targets, Vit, VitConfig};
 use peanut_train::backend::{self, CheckpointedTrainBackend, Selected, TrainBackend};
 
@@ -342,6 +343,66 @@ fn generate(repeats: usize) {
     );
 }
 
+/// Prompts of `generate-batch` and their lengths (left-padded to the longest).
+const BATCH_PROMPTS: usize = 8;
+
+fn batch_prompt_lengths() -> Vec<usize> {
+    (0..BATCH_PROMPTS).map(|i| PROMPT_TOKENS - 3 * i).collect()
+}
+
+/// `eval lm`'s generation: `BATCH_PROMPTS` prompts of different lengths, greedy, `NEW_TOKENS`
+/// each, in one left-padded batch (`Llama::generate_batch`); and, for reference, the same
+/// prompts one at a time (`Llama::generate`).
+fn generate_batch(repeats: usize) {
+    let device = backend::device();
+    let config = lm_config();
+    let vocab = config.vocab_size;
+    let mut model: Llama<Selected> = config.init(0, &device).expect("valid config");
+    let adapter: AdapterConfig = PeanutConfig::new(8)
+        .with_b_init(peanut::OutputInit::KaimingUniform)
+        .into();
+    model
+        .add_adapters(&Targets::llama_qkv_up_down(), &adapter, 1)
+        .expect("q, k, v, up, down exist");
+    model.merge_adapters();
+    let ids: Vec<u32> = token_ids::<Selected>(1, PROMPT_TOKENS, vocab, &device)
+        .into_data()
+        .convert::<i64>()
+        .into_vec::<i64>()
+        .expect("ids")
+        .into_iter()
+        .map(|id| id as u32)
+        .collect();
+    let prompts: Vec<Vec<u32>> = batch_prompt_lengths()
+        .into_iter()
+        .map(|len| ids[PROMPT_TOKENS - len..].to_vec())
+        .collect();
+    let generation = GenerationConfig::greedy(NEW_TOKENS);
+    let _ = model.generate_batch(&prompts, &generation);
+    let (wall, cpu) = (Instant::now(), cpu_seconds());
+    for _ in 0..repeats {
+        let out = model
+            .generate_batch(&prompts, &generation)
+            .expect("valid prompts");
+        assert!(out.iter().all(|tokens| tokens.len() == NEW_TOKENS));
+    }
+    let seconds = wall.elapsed().as_secs_f64();
+    let cores = (cpu_seconds() - cpu) / seconds;
+    let batched = (BATCH_PROMPTS * NEW_TOKENS * repeats) as f64 / seconds;
+    let one = Instant::now();
+    for prompt in &prompts {
+        model.generate(prompt, &generation).expect("valid prompt");
+    }
+    let alone = (BATCH_PROMPTS * NEW_TOKENS) as f64 / one.elapsed().as_secs_f64();
+    report(
+        "generate-batch",
+        batched,
+        "tok/s",
+        cores,
+        &format!(", \"prompts\": {BATCH_PROMPTS}, \"one_at_a_time_tok_s\": {alone:.2}"),
+    );
+}
+
 fn main() {
     backend::tune_allocator();
     let workload = std::env::args().nth(1).unwrap_or_default();
@@ -352,10 +413,11 @@ fn main() {
         "vit-infer" => vit_infer(steps.unwrap_or(4).max(1)),
         "lm-train" => lm_train(steps.unwrap_or(3).max(1)),
         "generate" => generate(steps.unwrap_or(2).max(1)),
+        "generate-batch" => generate_batch(steps.unwrap_or(1).max(1)),
         other => {
             eprintln!(
-                "unknown workload `{other}`: expected vit-train, vit-infer, lm-train or generate \
-                 [steps]"
+                "unknown workload `{other}`: expected vit-train, vit-infer, lm-train, generate \
+                 or generate-batch [steps]"
             );
             std::process::exit(2);
         }

@@ -424,6 +424,7 @@ fn eval_lm_scores_extracted_answers_of_generations() {
         &set,
         Task::Boolq,
         &GenerationConfig::greedy(3),
+        3,
         &test_file,
         |p| {
             seen.push(p.clone());
@@ -904,4 +905,74 @@ fn an_lm_job_built_in_rust_equals_the_command_lines() {
     let read =
         |dir: &Path| std::fs::read(dir.join("export/peft/adapter_model.safetensors")).unwrap();
     assert_eq!(read(&root.join("rust")), read(&out), "same run, same bytes");
+}
+
+/// Prompts of different lengths generated in one left-padded batch give exactly what each gets
+/// alone: greedy and top-p, with and without a stop token.
+#[test]
+fn batched_generation_equals_one_prompt_at_a_time() {
+    let config = LlamaConfig::tiny().with_max_position_embeddings(64);
+    let model: Llama<Selected> = config.init(11, &Default::default()).unwrap();
+    let prompts: Vec<Vec<u32>> = vec![
+        vec![1, 5, 9, 33, 2, 60, 7],
+        vec![4],
+        vec![8, 8, 8, 40],
+        vec![63, 1, 17, 22, 9, 10, 11, 12, 13, 30],
+    ];
+    // A stop token the greedy runs produce, so some sequences stop early.
+    let alone = model
+        .generate(&prompts[1], &GenerationConfig::greedy(6))
+        .unwrap();
+    let eos = alone[2];
+    let configs = [
+        GenerationConfig::greedy(6),
+        GenerationConfig {
+            eos_token_id: Some(eos),
+            ..GenerationConfig::greedy(6)
+        },
+        GenerationConfig {
+            sampling: peanut_models::llama::Sampling::TopP {
+                top_p: 0.9,
+                temperature: 1.5,
+                seed: 3,
+            },
+            ..GenerationConfig::greedy(5)
+        },
+    ];
+    for config in configs {
+        let batched = model.generate_batch(&prompts, &config).unwrap();
+        for (prompt, got) in prompts.iter().zip(&batched) {
+            let want = model.generate(prompt, &config).unwrap();
+            assert_eq!(got, &want, "{config:?}, prompt {prompt:?}");
+        }
+    }
+    let stopped = model.generate_batch(&prompts, &configs_eos(eos)).unwrap();
+    assert!(
+        stopped
+            .iter()
+            .any(|g| g.len() < 6 && g.last() == Some(&eos))
+    );
+    // Logits of the padded forward match the unpadded ones, position by position.
+    let device = Default::default();
+    let padded = Tensor::<Selected, 2, Int>::from_data(
+        TensorData::new(vec![0i64, 0, 0, 8, 8, 8, 40], [1, 7]),
+        &device,
+    );
+    let plain = Tensor::<Selected, 2, Int>::from_data(
+        TensorData::new(vec![8i64, 8, 8, 40], [1, 4]),
+        &device,
+    );
+    common::assert_close(
+        "padded last logits",
+        &common::values(model.forward_last_padded(padded, &[3], None)),
+        &common::values(model.forward_last(plain, None)),
+        1e-5,
+    );
+}
+
+fn configs_eos(eos: u32) -> GenerationConfig {
+    GenerationConfig {
+        eos_token_id: Some(eos),
+        ..GenerationConfig::greedy(6)
+    }
 }

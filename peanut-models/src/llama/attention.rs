@@ -61,20 +61,23 @@ impl<B: Backend> LlamaAttention<B> {
         })
     }
 
-    /// Attends each new position to every earlier one (and itself).
+    /// Attends each new position to the earlier ones `mask` leaves visible ([`attention_mask`]:
+    /// every earlier one and itself, padding excepted).
     ///
     /// `cache`, when given, holds block `layer`'s past keys/values and receives the new ones;
     /// the new positions then start at `cache.len()`, which `cos`/`sin` must match.
     ///
     /// # Shapes
     /// - x: `[batch, len, hidden]`
-    /// - cos, sin: `[len, head_dim]`
+    /// - cos, sin: `[batch or 1, len, head_dim]`
+    /// - mask: `[batch or 1, 1, len, past + len]`
     /// - output: `[batch, len, hidden]`
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
-        cos: &Tensor<B, 2>,
-        sin: &Tensor<B, 2>,
+        cos: &Tensor<B, 3>,
+        sin: &Tensor<B, 3>,
+        mask: &Tensor<B, 4, Bool>,
         cache: Option<(&mut KvCache<B>, usize)>,
     ) -> Tensor<B, 3> {
         let [batch, len, _] = x.dims();
@@ -91,40 +94,56 @@ impl<B: Backend> LlamaAttention<B> {
             Some((cache, layer)) => cache.append(layer, k, v),
             None => (k, v),
         };
+        // Grouped-query attention without copying keys and values for every query head: the
+        // `groups` query heads that share a key/value head (consecutive heads) are stacked
+        // along the position axis, `[batch, kv_heads, groups·len, head_dim]`, and attend to
+        // their shared keys in one product. (Repeating the cached keys and values per query
+        // head copied the whole cache every decoding step.)
+        let kv_heads = self.num_key_value_heads;
+        let groups = self.num_heads / kv_heads;
         let total = k.dims()[2];
-        let k = self.repeat_kv(k);
-        let v = self.repeat_kv(v);
+        let q = q.reshape([batch, kv_heads, groups * len, head_dim]);
+        let mask = if groups > 1 {
+            mask.clone().repeat_dim(2, groups)
+        } else {
+            mask.clone()
+        };
         let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
-        let mask = causal_mask::<B>(len, total, &scores.device());
-        let scores = scores.mask_fill(mask.unsqueeze::<4>(), f32::NEG_INFINITY);
-        let context = softmax(scores, 3).matmul(v);
+        let scores = scores.mask_fill(mask, f32::NEG_INFINITY);
+        debug_assert_eq!(scores.dims()[3], total);
+        let context = softmax(scores, 3)
+            .matmul(v)
+            .reshape([batch, self.num_heads, len, head_dim]);
         let context = context
             .swap_dims(1, 2)
             .reshape([batch, len, self.num_heads * head_dim]);
         self.o_proj.forward(context)
     }
-
-    /// Repeats each key/value head for its group of query heads.
-    fn repeat_kv(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let groups = self.num_heads / self.num_key_value_heads;
-        if groups == 1 {
-            return x;
-        }
-        let [batch, kv_heads, len, dim] = x.dims();
-        x.unsqueeze_dim::<5>(2)
-            .expand([batch, kv_heads, groups, len, dim])
-            .reshape([batch, kv_heads * groups, len, dim])
-    }
 }
 
-/// `true` where a query (the last `len` of `total` positions) must not see a key.
+/// `true` where a query (one of the last `len` of `total` columns) must not see a key: a later
+/// column, or, in a sequence left-padded with `pads[r]` tokens, a padding column. A padding
+/// query sees itself only, so that no row of the softmax is empty (its output is never used).
+/// No `pads`: one unpadded row.
 ///
 /// # Shapes
-/// - output: `[len, total]`
-fn causal_mask<B: Backend>(len: usize, total: usize, device: &B::Device) -> Tensor<B, 2, Bool> {
+/// - output: `[rows, 1, len, total]`, `rows = max(1, pads.len())`
+pub fn attention_mask<B: Backend>(
+    len: usize,
+    total: usize,
+    pads: &[usize],
+    device: &B::Device,
+) -> Tensor<B, 4, Bool> {
     let offset = total - len;
-    let values: Vec<bool> = (0..len)
-        .flat_map(|i| (0..total).map(move |j| j > offset + i))
+    let rows = pads.len().max(1);
+    let values: Vec<bool> = (0..rows)
+        .flat_map(|r| {
+            let pad = pads.get(r).copied().unwrap_or(0);
+            (0..len).flat_map(move |i| {
+                let query = offset + i;
+                (0..total).map(move |key| key > query || (key < pad && key != query))
+            })
+        })
         .collect();
-    Tensor::from_data(TensorData::new(values, [len, total]), device)
+    Tensor::from_data(TensorData::new(values, [rows, 1, len, total]), device)
 }

@@ -48,7 +48,111 @@ impl GenerationConfig {
     }
 }
 
+impl GenerationConfig {
+    /// An error unless the sampling parameters are in range.
+    fn check(&self) -> Result<()> {
+        if let Sampling::TopP {
+            top_p, temperature, ..
+        } = self.sampling
+            && !(top_p > 0.0 && top_p <= 1.0 && temperature > 0.0)
+        {
+            return Err(ModelError::Generation(format!(
+                "top_p must be in (0, 1] and temperature > 0, got {top_p} and {temperature}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The generator of one sequence's draws.
+    fn rng(&self) -> SeededRng {
+        match self.sampling {
+            Sampling::TopP { seed, .. } => SeededRng::new(seed),
+            Sampling::Greedy => SeededRng::new(0),
+        }
+    }
+
+    /// The next token from one sequence's last logits.
+    fn pick(&self, logits: &[f32], rng: &mut SeededRng) -> u32 {
+        match self.sampling {
+            Sampling::Greedy => argmax(logits),
+            Sampling::TopP {
+                top_p, temperature, ..
+            } => sample_top_p(logits, top_p, temperature, rng),
+        }
+    }
+}
+
 impl<B: Backend> Llama<B> {
+    /// Continues every prompt of `prompts` in one batch and returns each one's new tokens, as
+    /// [`Llama::generate`] returns them for that prompt alone (each sequence draws from its own
+    /// generator seeded as `generate`'s).
+    ///
+    /// The prompts are left-padded to the longest one and run together
+    /// ([`Llama::forward_last_padded`]): each step is one forward pass for the whole batch,
+    /// which on a CPU costs little more than one sequence's (its weights are read once). A
+    /// sequence that reaches `eos_token_id` stops; the batch runs until all have stopped or
+    /// produced `max_new_tokens`. Without `use_cache`, the prompts run one by one.
+    ///
+    /// # Errors
+    /// An empty prompt, an id outside the vocabulary, sampling parameters out of range.
+    pub fn generate_batch(
+        &self,
+        prompts: &[Vec<u32>],
+        config: &GenerationConfig,
+    ) -> Result<Vec<Vec<u32>>> {
+        config.check()?;
+        for prompt in prompts {
+            if prompt.is_empty() {
+                return Err(ModelError::Generation("a prompt is empty".into()));
+            }
+            self.check_ids(prompt)?;
+        }
+        if !config.use_cache || prompts.len() <= 1 {
+            return prompts.iter().map(|p| self.generate(p, config)).collect();
+        }
+        let device = self.model.embed_tokens.weight.device();
+        let batch = prompts.len();
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+        // Padding ids are never attended to; 0 is in every vocabulary.
+        let ids: Vec<i64> = prompts
+            .iter()
+            .flat_map(|p| {
+                std::iter::repeat_n(0, longest - p.len()).chain(p.iter().map(|&id| i64::from(id)))
+            })
+            .collect();
+        let mut input =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [batch, longest]), &device);
+        let mut cache = self.new_cache();
+        let mut rngs: Vec<SeededRng> = (0..batch).map(|_| config.rng()).collect();
+        let mut generated: Vec<Vec<u32>> = vec![Vec::new(); batch];
+        let mut done = vec![config.max_new_tokens == 0; batch];
+        while done.iter().any(|d| !d) {
+            let logits = self.forward_last_padded(input, &pads, Some(&mut cache));
+            let [_, vocab] = logits.dims();
+            let values: Vec<f32> = logits
+                .into_data()
+                .convert::<f32>()
+                .into_vec()
+                .expect("float logits");
+            let mut next_ids = Vec::with_capacity(batch);
+            for (row, logits) in values.chunks(vocab).enumerate() {
+                if done[row] {
+                    // A finished sequence keeps its place in the batch; its tokens are unused.
+                    next_ids.push(0i64);
+                    continue;
+                }
+                let next = config.pick(logits, &mut rngs[row]);
+                generated[row].push(next);
+                done[row] = config.eos_token_id == Some(next)
+                    || generated[row].len() >= config.max_new_tokens;
+                next_ids.push(i64::from(next));
+            }
+            input = Tensor::from_data(TensorData::new(next_ids, [batch, 1]), &device);
+        }
+        Ok(generated)
+    }
+
     /// Continues `prompt` and returns the new tokens only.
     ///
     /// # Errors
@@ -58,19 +162,8 @@ impl<B: Backend> Llama<B> {
             return Err(ModelError::Generation("the prompt is empty".into()));
         }
         self.check_ids(prompt)?;
-        if let Sampling::TopP {
-            top_p, temperature, ..
-        } = config.sampling
-            && !(top_p > 0.0 && top_p <= 1.0 && temperature > 0.0)
-        {
-            return Err(ModelError::Generation(format!(
-                "top_p must be in (0, 1] and temperature > 0, got {top_p} and {temperature}"
-            )));
-        }
-        let mut rng = match config.sampling {
-            Sampling::TopP { seed, .. } => SeededRng::new(seed),
-            Sampling::Greedy => SeededRng::new(0),
-        };
+        config.check()?;
+        let mut rng = config.rng();
         let device = self.model.embed_tokens.weight.device();
         let ids_tensor = |ids: &[u32]| {
             let ids: Vec<i64> = ids.iter().map(|&id| i64::from(id)).collect();
@@ -93,12 +186,7 @@ impl<B: Backend> Llama<B> {
                 .convert::<f32>()
                 .into_vec()
                 .expect("float logits");
-            let next = match config.sampling {
-                Sampling::Greedy => argmax(&last),
-                Sampling::TopP {
-                    top_p, temperature, ..
-                } => sample_top_p(&last, top_p, temperature, &mut rng),
-            };
+            let next = config.pick(&last, &mut rng);
             sequence.push(next);
             generated.push(next);
             if config.eos_token_id == Some(next) {

@@ -1,7 +1,7 @@
 //! [`LlamaDecoderLayer`]: one pre-norm decoder block.
 
 use burn::module::Module;
-use burn::tensor::{Tensor, backend::Backend};
+use burn::tensor::{Bool, Tensor, backend::Backend};
 
 use super::attention::LlamaAttention;
 use super::cache::KvCache;
@@ -46,18 +46,19 @@ impl<B: Backend> LlamaDecoderLayer<B> {
     ///
     /// # Shapes
     /// - x: `[batch, len, hidden]`
-    /// - cos, sin: `[len, head_dim]`
+    /// - cos, sin: `[batch or 1, len, head_dim]`
+    /// - mask: `[batch or 1, 1, len, past + len]`
     /// - output: `[batch, len, hidden]`
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
-        cos: &Tensor<B, 2>,
-        sin: &Tensor<B, 2>,
+        cos: &Tensor<B, 3>,
+        sin: &Tensor<B, 3>,
+        mask: &Tensor<B, 4, Bool>,
         cache: Option<(&mut KvCache<B>, usize)>,
     ) -> Tensor<B, 3> {
-        let attended =
-            self.self_attn
-                .forward(self.input_layernorm.forward(x.clone()), cos, sin, cache);
+        let normed = self.input_layernorm.forward(x.clone());
+        let attended = self.self_attn.forward(normed, cos, sin, mask, cache);
         let h = x + attended;
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }

@@ -10,6 +10,7 @@ use peanut::Precision;
 use peanut::io::PeftPaths;
 use peanut::precision::{cast_to, linear_as_stored, set_trainable};
 
+use super::attention::attention_mask;
 use super::cache::KvCache;
 use super::config::LlamaConfig;
 use super::layer::{LlamaDecoderLayer, rms_norm};
@@ -152,7 +153,7 @@ impl<B: Backend> Llama<B> {
         input_ids: Tensor<B, 2, Int>,
         cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
-        let x = self.hidden_states(input_ids, cache);
+        let x = self.hidden_states(input_ids, &[], cache);
         match &self.lm_head {
             Some(head) => head.forward(x),
             None => linear_as_stored(x, self.model.embed_tokens.weight.val().transpose(), None),
@@ -171,7 +172,26 @@ impl<B: Backend> Llama<B> {
         input_ids: Tensor<B, 2, Int>,
         cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 2> {
-        let x = self.hidden_states(input_ids, cache);
+        self.forward_last_padded(input_ids, &[], cache)
+    }
+
+    /// [`Llama::forward_last`] for a batch of sequences of different lengths, left-padded to
+    /// one length: sequence `r` starts with `pads[r]` padding tokens (any id), which no other
+    /// position attends to and which do not count as positions (its first real token is
+    /// position 0, as transformers' `generate` places it with an attention mask). With `cache`,
+    /// `pads` stay those of the prompt. No `pads` (or all 0): plain [`Llama::forward_last`].
+    ///
+    /// # Shapes
+    /// - input_ids: `[batch, len]`
+    /// - pads: `batch` values, or none
+    /// - output: `[batch, vocab_size]`
+    pub fn forward_last_padded(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        pads: &[usize],
+        cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 2> {
+        let x = self.hidden_states(input_ids, pads, cache);
         let [batch, len, d] = x.dims();
         let last = x.narrow(1, len - 1, 1).reshape([batch, d]);
         match &self.lm_head {
@@ -196,18 +216,26 @@ impl<B: Backend> Llama<B> {
     fn hidden_states(
         &self,
         input_ids: Tensor<B, 2, Int>,
+        pads: &[usize],
         mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
         let [_, len] = input_ids.dims();
         let offset = cache.as_ref().map_or(0, |cache| cache.len());
         let device = input_ids.device();
-        let (cos, sin) = rotary_tables::<B>(&self.inverse_frequencies, offset, len, &device);
+        // Unpadded batches share one table and one mask row.
+        let pads = if pads.iter().all(|&p| p == 0) {
+            &[][..]
+        } else {
+            pads
+        };
+        let (cos, sin) = rotary_tables::<B>(&self.inverse_frequencies, offset, len, pads, &device);
+        let mask = attention_mask::<B>(len, offset + len, pads, &device);
         // Rows of a half-precision embedding are widened to the norms' type (f32).
         let embedded = self.model.embed_tokens.forward(input_ids);
         let mut x = cast_to(embedded, self.model.norm.weight.val().dtype());
         for (i, layer) in self.model.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|cache| (cache, i));
-            x = layer.forward(x, &cos, &sin, layer_cache);
+            x = layer.forward(x, &cos, &sin, &mask, layer_cache);
         }
         self.model.norm.forward(x)
     }

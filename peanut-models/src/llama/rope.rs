@@ -40,31 +40,39 @@ pub fn inverse_frequencies(config: &LlamaConfig) -> Vec<f64> {
     }
 }
 
-/// `cos` and `sin` of `position · frequency` for positions `offset..offset + len`, each
-/// frequency repeated over both halves of the head.
+/// `cos` and `sin` of `position · frequency` for the columns `offset..offset + len` of each
+/// sequence, each frequency repeated over both halves of the head. A sequence left-padded with
+/// `pads[r]` tokens has its first real token at position 0: column `c` is position
+/// `c − pads[r]` (0 for the padding itself). No `pads`: one unpadded row.
 ///
 /// # Shapes
-/// - output: `([len, head_dim], [len, head_dim])`
+/// - output: `([rows, len, head_dim], [rows, len, head_dim])`, `rows = max(1, pads.len())`
 pub fn rotary_tables<B: Backend>(
     inverse_frequencies: &[f64],
     offset: usize,
     len: usize,
+    pads: &[usize],
     device: &B::Device,
-) -> (Tensor<B, 2>, Tensor<B, 2>) {
+) -> (Tensor<B, 3>, Tensor<B, 3>) {
     let half = inverse_frequencies.len();
-    let mut cos = Vec::with_capacity(len * 2 * half);
-    let mut sin = Vec::with_capacity(len * 2 * half);
-    for position in offset..offset + len {
-        for _ in 0..2 {
-            for &freq in inverse_frequencies {
-                // transformers multiplies in float32.
-                let angle = (position as f32 * freq as f32) as f64;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
+    let rows = pads.len().max(1);
+    let mut cos = Vec::with_capacity(rows * len * 2 * half);
+    let mut sin = Vec::with_capacity(rows * len * 2 * half);
+    for row in 0..rows {
+        let pad = pads.get(row).copied().unwrap_or(0);
+        for column in offset..offset + len {
+            let position = column.saturating_sub(pad);
+            for _ in 0..2 {
+                for &freq in inverse_frequencies {
+                    // transformers multiplies in float32.
+                    let angle = (position as f32 * freq as f32) as f64;
+                    cos.push(angle.cos() as f32);
+                    sin.push(angle.sin() as f32);
+                }
             }
         }
     }
-    let shape = [len, 2 * half];
+    let shape = [rows, len, 2 * half];
     (
         Tensor::from_data(TensorData::new(cos, shape), device),
         Tensor::from_data(TensorData::new(sin, shape), device),
@@ -75,19 +83,19 @@ pub fn rotary_tables<B: Backend>(
 ///
 /// # Shapes
 /// - x: `[batch, heads, len, head_dim]`
-/// - cos, sin: `[len, head_dim]`
+/// - cos, sin: `[batch or 1, len, head_dim]`
 /// - output: `[batch, heads, len, head_dim]`
 pub fn apply_rotary<B: Backend>(
     x: Tensor<B, 4>,
-    cos: &Tensor<B, 2>,
-    sin: &Tensor<B, 2>,
+    cos: &Tensor<B, 3>,
+    sin: &Tensor<B, 3>,
 ) -> Tensor<B, 4> {
     let [_, _, _, dim] = x.dims();
     let half = dim / 2;
     let first = x.clone().narrow(3, 0, half);
     let second = x.clone().narrow(3, half, half);
     let rotated = Tensor::cat(vec![second.neg(), first], 3);
-    x * cos.clone().unsqueeze::<4>() + rotated * sin.clone().unsqueeze::<4>()
+    x * cos.clone().unsqueeze_dim::<4>(1) + rotated * sin.clone().unsqueeze_dim::<4>(1)
 }
 
 #[cfg(test)]

@@ -405,41 +405,59 @@ pub struct LmEvalReport {
 
 /// Evaluates `model` on `examples` of `task` as LLM-Adapters' `commonsense_evaluate.py`
 /// does: the instruction prompt, generation, the first answer of the task's format in the
-/// response (see [`Task::extract_answer`]) compared with the example's `answer`. Each
-/// prediction goes to `on_prediction` as it is made.
+/// response (see [`Task::extract_answer`]) compared with the example's `answer`. Prompts are
+/// generated `batch_size` at a time ([`Llama::generate_batch`]: left-padded, each answer the
+/// one it gets alone). Each prediction goes to `on_prediction` as it is made, in file order.
 ///
 /// # Errors
 /// An example without `answer` (naming `path` and its index), generation or tokenizer errors,
 /// or an error of `on_prediction`.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate_lm<B: Backend>(
     model: &Llama<B>,
     tokenizer: &Tokenizer,
     examples: &[Instruction],
     task: Task,
     generation: &GenerationConfig,
+    batch_size: usize,
     path: &Path,
     mut on_prediction: impl FnMut(&Prediction) -> Result<()>,
 ) -> Result<LmEvalReport> {
     let mut correct = 0;
-    for (index, example) in examples.iter().enumerate() {
-        let answer = example.answer.as_deref().map(str::trim).ok_or_else(|| {
-            TrainError::malformed(
-                path,
-                format!("example {index} has no `answer` field to compare with"),
-            )
-        })?;
-        let response = complete(model, tokenizer, &instruct::prompt(example), generation)?;
-        let predicted = task.extract_answer(&response);
-        let prediction = Prediction {
-            index,
-            instruction: example.instruction.clone(),
-            answer: answer.to_string(),
-            correct: predicted == Some(answer),
-            predicted: predicted.map(String::from),
-            response,
-        };
-        correct += usize::from(prediction.correct);
-        on_prediction(&prediction)?;
+    let batch_size = batch_size.max(1);
+    for (chunk_index, chunk) in examples.chunks(batch_size).enumerate() {
+        let first = chunk_index * batch_size;
+        let mut answers = Vec::with_capacity(chunk.len());
+        let mut prompts = Vec::with_capacity(chunk.len());
+        for (offset, example) in chunk.iter().enumerate() {
+            let answer = example.answer.as_deref().map(str::trim).ok_or_else(|| {
+                TrainError::malformed(
+                    path,
+                    format!(
+                        "example {} has no `answer` field to compare with",
+                        first + offset
+                    ),
+                )
+            })?;
+            answers.push(answer);
+            prompts.push(encode(tokenizer, &instruct::prompt(example))?);
+        }
+        let outputs = model.generate_batch(&prompts, generation)?;
+        for (offset, (example, generated)) in chunk.iter().zip(outputs).enumerate() {
+            let response = tokenizer.decode(&generated, true)?;
+            let answer = answers[offset];
+            let predicted = task.extract_answer(&response);
+            let prediction = Prediction {
+                index: first + offset,
+                instruction: example.instruction.clone(),
+                answer: answer.to_string(),
+                correct: predicted == Some(answer),
+                predicted: predicted.map(String::from),
+                response,
+            };
+            correct += usize::from(prediction.correct);
+            on_prediction(&prediction)?;
+        }
     }
     Ok(LmEvalReport {
         task: task.name().to_string(),
