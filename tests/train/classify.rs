@@ -87,6 +87,16 @@ fn resume_after_a_crash_equals_an_uninterrupted_run() {
         &adapter_values(&full.model),
         1e-6,
     );
+    // The resumed epoch is logged as epoch 2 (burn's store numbers it 1), with the losses of the
+    // uninterrupted run's epoch 2; the copied run has no epoch-1 logs of its own.
+    for split in ["train", "valid"] {
+        let log = |run: &str| {
+            std::fs::read_to_string(root.join(run).join(split).join("epoch-2/Loss.log"))
+                .unwrap_or_else(|e| panic!("{run} {split} epoch-2: {e}"))
+        };
+        assert_eq!(log("copy"), log("full"), "{split}");
+        assert!(!copy.join(split).join("epoch-1").exists(), "{split}");
+    }
 }
 
 #[test]

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use burn::tensor::backend::Backend;
 use burn::train::checkpoint::KeepLastNCheckpoints;
+use burn::train::logger::{FileMetricLogger, MetricLogger};
+use burn::train::metric::store::{EpochSummary, MetricsUpdate, Split};
+use burn::train::metric::{MetricDefinition, NumericEntry};
 use burn::train::{
     ExecutionStrategy, Interrupter, LearningComponentsTypes, MultiDeviceOptim, SupervisedTraining,
     TrainingStrategy,
@@ -354,6 +357,56 @@ pub(crate) fn begin<C: Serialize>(
     Ok(None)
 }
 
+/// burn's file metric logger (`<run>/train/epoch-N/`, `<run>/valid/epoch-N/`) with the epochs
+/// of a resumed run numbered as they are: burn's event store numbers the first epoch it sees 1
+/// whatever epoch the run resumes at, so the first epoch after a resume was written into
+/// `epoch-1/` (beside the interrupted run's own epoch 1) and was missing as itself.
+struct ResumedEpochs {
+    inner: FileMetricLogger,
+    /// Epochs complete before this process started.
+    done: usize,
+}
+
+impl ResumedEpochs {
+    fn new(dir: &Path, done: usize) -> Self {
+        Self {
+            inner: FileMetricLogger::new(dir),
+            done,
+        }
+    }
+
+    /// The real epoch of the event store's `epoch` when it logs: only its first epoch is
+    /// misnumbered (the end-of-epoch summaries carry real numbers, and it continues from them).
+    fn real(&self, epoch: usize) -> usize {
+        if epoch == 1 { self.done + 1 } else { epoch }
+    }
+}
+
+impl MetricLogger for ResumedEpochs {
+    fn log(&mut self, update: MetricsUpdate, epoch: usize, split: &Split) {
+        let epoch = self.real(epoch);
+        self.inner.log(update, epoch, split)
+    }
+
+    fn read_numeric(
+        &mut self,
+        name: &str,
+        epoch: usize,
+        split: &Split,
+    ) -> std::result::Result<Vec<NumericEntry>, String> {
+        // Readers (early stopping, the summary) ask for real epochs already.
+        self.inner.read_numeric(name, epoch, split)
+    }
+
+    fn log_metric_definition(&mut self, definition: MetricDefinition) {
+        self.inner.log_metric_definition(definition)
+    }
+
+    fn log_epoch_summary(&mut self, summary: EpochSummary) {
+        self.inner.log_epoch_summary(summary)
+    }
+}
+
 /// An error naming `--weight-decay` unless `weight_decay` is a finite number ≥ 0.
 pub(crate) fn check_weight_decay(weight_decay: f64) -> Result<()> {
     if weight_decay.is_finite() && weight_decay >= 0.0 {
@@ -388,6 +441,7 @@ pub(crate) fn configure<LC: LearningComponentsTypes>(
         training = training.with_training_strategy(TrainingStrategy::Default(strategy));
     }
     let mut training = training
+        .with_metric_logger(ResumedEpochs::new(&run.dir, start_epoch.unwrap_or(0)))
         .with_file_checkpointer(EpochRecorder::new(base_fingerprint).with_guard(guard.clone()))
         .with_checkpointing_strategy(KeepLastNCheckpoints::new(checkpoint::KEEP))
         .with_interrupter(guard.interrupter())
