@@ -103,9 +103,9 @@ mod tests {
         for _ in 0..4 {
             a.step();
         }
-        let record = a.to_record::<burn::backend::NdArray>();
+        let record = a.to_record::<crate::backend::Selected>();
         let mut b = WarmupDecay::new(2.0, 3, 10, Decay::Cosine)
-            .load_record::<burn::backend::NdArray>(record);
+            .load_record::<crate::backend::Selected>(record);
         assert_eq!(a.step(), b.step());
     }
 }
