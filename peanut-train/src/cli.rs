@@ -521,6 +521,13 @@ pub fn train_image_job(job: &ImageJob) -> Result<TrainImageOutcome> {
         )?;
         train::train_image_on(model, &data, config, &job.run, &devices)?
     };
+    if trained.skipped_images + trained.skipped_valid_images > 0 {
+        println!(
+            "unreadable images left out during the run: {} in training, {} in validation \
+             (counted once per epoch)",
+            trained.skipped_images, trained.skipped_valid_images
+        );
+    }
     let report = train::evaluate(
         &trained.model,
         &data.test,

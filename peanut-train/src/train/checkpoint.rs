@@ -90,9 +90,21 @@ impl Fnv64 {
     }
 }
 
-/// A fingerprint of every parameter of `model` (names in visit order, shapes and values), as
-/// 16 hexadecimal digits. Taken of the base model before adapters are added, it tells whether a
-/// resumed run starts from the same weights as the run it continues.
+/// Values of each tensor that [`fingerprint`] reads: all of a small one, else
+/// [`FINGERPRINT_WINDOWS`] runs of this many, spread evenly from its first value to its last.
+pub const FINGERPRINT_WINDOW: usize = 1024;
+/// Runs of values [`fingerprint`] reads from a large tensor.
+pub const FINGERPRINT_WINDOWS: usize = 4;
+
+/// A fingerprint of the parameters of `model` (names in visit order, shapes, types and values),
+/// as 16 hexadecimal digits. Taken of the base model before adapters are added, it tells whether
+/// a resumed run starts from the same weights as the run it continues.
+///
+/// Of a tensor with more than `FINGERPRINT_WINDOWS · FINGERPRINT_WINDOW` values, only that many
+/// are read, in evenly spread runs sliced on the device: another checkpoint of the same shapes
+/// (another seed, another fine-tune, another model) differs in those values too, and a 7 B
+/// model's start costs a few megabytes of reads instead of a copy of every weight to the host.
+/// Slicing copies values exactly, so every backend gives the same fingerprint.
 pub fn fingerprint<B: Backend, M: Module<B>>(model: &M) -> String {
     struct Hasher(Fnv64);
     impl<B: Backend> ModuleVisitor<B> for Hasher {
@@ -101,10 +113,27 @@ pub fn fingerprint<B: Backend, M: Module<B>>(model: &M) -> String {
             self.0.update(b"/");
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            let data = param.val().into_data();
-            for dim in data.shape.iter() {
+            let tensor = param.val();
+            let shape = tensor.shape();
+            for dim in shape.iter() {
                 self.0.update(&(*dim as u64).to_le_bytes());
             }
+            let count = shape.num_elements();
+            let values = tensor.reshape([count]);
+            let sample = if count <= FINGERPRINT_WINDOWS * FINGERPRINT_WINDOW {
+                values
+            } else {
+                let last_start = count - FINGERPRINT_WINDOW;
+                let windows = (0..FINGERPRINT_WINDOWS)
+                    .map(|i| {
+                        let start = i * last_start / (FINGERPRINT_WINDOWS - 1);
+                        values.clone().slice(start..start + FINGERPRINT_WINDOW)
+                    })
+                    .collect();
+                Tensor::cat(windows, 0)
+            };
+            let data = sample.into_data();
+            self.0.update(format!("{:?}", data.dtype).as_bytes());
             self.0.update(data.as_bytes());
         }
     }
@@ -424,6 +453,40 @@ mod tests {
         );
         assert!(parse_record_path(Path::new("/r/checkpoint/weights-1")).is_err());
         assert!(parse_record_path(Path::new("/r/checkpoint/model-x")).is_err());
+    }
+
+    /// A module of one parameter of `values`.
+    fn param(values: Vec<f32>) -> Param<Tensor<crate::backend::Selected, 1>> {
+        let len = values.len();
+        Param::from_tensor(Tensor::from_data(
+            burn::tensor::TensorData::new(values, [len]),
+            &Default::default(),
+        ))
+    }
+
+    #[test]
+    fn fingerprints_see_a_change_in_any_sampled_run_and_in_the_shape() {
+        let len = FINGERPRINT_WINDOWS * FINGERPRINT_WINDOW * 8 + 13;
+        let base: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin()).collect();
+        let reference = fingerprint(&param(base.clone()));
+        assert_eq!(fingerprint(&param(base.clone())), reference);
+        // The first value, one inside each run, and the last value.
+        let last_start = len - FINGERPRINT_WINDOW;
+        let mut inside: Vec<usize> = (0..FINGERPRINT_WINDOWS)
+            .map(|i| i * last_start / (FINGERPRINT_WINDOWS - 1) + FINGERPRINT_WINDOW / 2)
+            .collect();
+        inside.extend([0, len - 1]);
+        for index in inside {
+            let mut changed = base.clone();
+            changed[index] += 1.0;
+            assert_ne!(fingerprint(&param(changed)), reference, "value {index}");
+        }
+        assert_ne!(fingerprint(&param(base[..len - 1].to_vec())), reference);
+        // A small tensor is read whole.
+        let small: Vec<f32> = base[..100].to_vec();
+        let mut changed = small.clone();
+        changed[57] = -changed[57];
+        assert_ne!(fingerprint(&param(changed)), fingerprint(&param(small)));
     }
 
     #[test]

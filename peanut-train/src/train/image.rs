@@ -147,8 +147,11 @@ pub struct TrainedImage<B: Backend> {
     pub model: Vit<B>,
     /// Trainable parameter count.
     pub trainable_params: usize,
-    /// Images that could not be decoded during training (left out of their batches).
+    /// Training images that could not be read or decoded (left out of the split, or of their
+    /// batches; a batch decodes once per epoch, so an image is counted once per epoch).
     pub skipped_images: usize,
+    /// Validation images that could not be read or decoded, counted the same way.
+    pub skipped_valid_images: usize,
 }
 
 /// Applies `config.method` to a model: adapters on the targets and a trainable head, a trainable
@@ -248,7 +251,7 @@ pub fn train_image_on<B: AutodiffBackend>(
         let train = DataLoaderBuilder::<B, SampleRef, _>::new(train_batcher.clone())
             .batch_size(per_device)
             .build(order);
-        let test = DataLoaderBuilder::<B::InnerBackend, SampleRef, _>::new(test_batcher)
+        let test = DataLoaderBuilder::<B::InnerBackend, SampleRef, _>::new(test_batcher.clone())
             .batch_size(config.batch_size)
             .build(EpochOrder::new(test_samples.len(), None));
         (train, test)
@@ -279,6 +282,7 @@ pub fn train_image_on<B: AutodiffBackend>(
         model: fitted.model,
         trainable_params: fitted.trainable_params,
         skipped_images: train_batcher.skipped() + data.train.skipped,
+        skipped_valid_images: test_batcher.skipped() + data.test.skipped,
     })
 }
 
