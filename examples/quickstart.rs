@@ -90,7 +90,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             epochs: 12,
             warmup_ratio: 0.05,
             ..base_config(Method::Full)
-        };
+        }
+        .check()?;
         println!(
             "pre-training a {}-block ViT on digits 0-4 ({} train / {} test images)",
             vit_config().num_hidden_layers,
@@ -117,7 +118,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut rows = Vec::new();
     for method in [Method::Peanut, Method::Lora, Method::Head] {
         let model = load_with_fresh_head(&cached, &recorder, &device)?;
-        let config = base_config(method);
+        let config = base_config(method).check()?;
         let run = RunOptions {
             label: format!("{} 5-9", method.name()),
             ..RunOptions::new(dir.join(format!("finetune-{}", method.name())))

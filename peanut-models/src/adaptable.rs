@@ -48,7 +48,8 @@ pub trait AdaptableModel<B: Backend>: Module<B> + Sized {
         seed: u64,
     ) -> Result<Vec<String>> {
         let chosen = targets.resolve(&self.linear_sites())?;
-        config.validate()?;
+        // `init` checks the configuration: an invalid one fails at the first chosen layer,
+        // before any adapter is added.
         for (path, layer) in self.linears_mut() {
             if chosen.contains(&path) {
                 let [d_input, d_output] = layer.dims();

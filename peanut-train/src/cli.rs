@@ -7,6 +7,7 @@ mod lm;
 pub mod values;
 
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
 use clap::{Args, Parser, Subcommand};
 use peanut::Activation;
@@ -130,17 +131,21 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// The defaults of `train image` (and of the adapter shape every task shares): the library's
+/// [`ImageTrainConfig::default`], so that a value is written once.
+static IMAGE: LazyLock<ImageTrainConfig> = LazyLock::new(ImageTrainConfig::default);
+
 /// The adapter options whose defaults every task shares.
 #[derive(Args, Debug, Clone)]
 pub struct AdapterShapeArgs {
     /// PEANuT depth, counted in linear maps: 2, 4, 6, …
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = IMAGE.adapter.depth)]
     pub depth: usize,
     /// PEANuT activation (relu, gelu, gelu_pytorch_tanh, silu, tanh, sigmoid, leaky_relu).
     #[arg(long, default_value = "relu", value_parser = parse_activation)]
     pub activation: Activation,
     /// PEANuT scaling s.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = IMAGE.adapter.scaling)]
     pub scaling: f64,
 }
 
@@ -174,16 +179,16 @@ pub struct AdapterArgs {
     #[arg(long, value_enum, default_value = "peanut")]
     pub method: Method,
     /// Adapter rank (PEANuT's hidden width).
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, default_value_t = IMAGE.adapter.rank)]
     pub rank: usize,
     /// Depth, activation and scaling.
     #[command(flatten)]
     pub shape: AdapterShapeArgs,
     /// LoRA alpha (scale alpha / rank).
-    #[arg(long, default_value_t = 8.0, value_parser = values::positive_f64)]
+    #[arg(long, default_value_t = IMAGE.adapter.lora_alpha, value_parser = values::positive_f64)]
     pub lora_alpha: f64,
     /// Linears to adapt, by name or `*` pattern (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "query,value")]
+    #[arg(long, value_delimiter = ',', default_value = train::image::DEFAULT_TARGETS)]
     pub targets: Vec<String>,
     /// Only these block indices (comma-separated; default all).
     #[arg(long, value_delimiter = ',')]
@@ -217,25 +222,25 @@ pub struct TrainImageArgs {
     #[command(flatten)]
     pub adapter: AdapterArgs,
     /// Epochs.
-    #[arg(long, default_value_t = 10, value_parser = values::at_least_one)]
+    #[arg(long, default_value_t = IMAGE.epochs, value_parser = values::at_least_one)]
     pub epochs: usize,
     /// Images per forward/backward pass.
-    #[arg(long, default_value_t = 64, value_parser = values::at_least_one)]
+    #[arg(long, default_value_t = IMAGE.batch_size, value_parser = values::at_least_one)]
     pub batch_size: usize,
     /// Passes accumulated per optimizer step (effective batch = batch-size × this).
-    #[arg(long, default_value_t = 4, value_parser = values::at_least_one)]
+    #[arg(long, default_value_t = IMAGE.grad_accumulation, value_parser = values::at_least_one)]
     pub grad_accumulation: usize,
     /// Peak learning rate of the classifier head.
-    #[arg(long, default_value_t = 1e-2, value_parser = values::positive_f64)]
+    #[arg(long, default_value_t = IMAGE.head_lr, value_parser = values::positive_f64)]
     pub head_lr: f64,
     /// Peak learning rate of the adapters (of the backbone for `--method full`).
-    #[arg(long, default_value_t = 1e-2, value_parser = values::positive_f64)]
+    #[arg(long, default_value_t = IMAGE.adapter_lr, value_parser = values::positive_f64)]
     pub adapter_lr: f64,
     /// AdamW weight decay.
-    #[arg(long, default_value_t = 4e-5, value_parser = values::non_negative_f64)]
+    #[arg(long, default_value_t = IMAGE.weight_decay, value_parser = values::non_negative_f64)]
     pub weight_decay: f64,
     /// Fraction of steps of linear warmup.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = IMAGE.warmup_ratio)]
     pub warmup_ratio: f64,
     /// Decay after warmup.
     #[arg(long, value_enum, default_value = "linear")]
@@ -244,10 +249,10 @@ pub struct TrainImageArgs {
     #[arg(long)]
     pub clip_grad_norm: Option<f32>,
     /// Seed of adapters, head, data order and augmentation.
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = IMAGE.seed)]
     pub seed: u64,
     /// Input side in pixels.
-    #[arg(long, default_value_t = 224, value_parser = values::image_size)]
+    #[arg(long, default_value_t = IMAGE.image_size, value_parser = values::image_size)]
     pub image_size: u32,
     /// Train without RandomResizedCrop + flip (Resize + CenterCrop instead).
     #[arg(long)]
@@ -472,9 +477,9 @@ pub fn train_image_run(args: TrainImageArgs) -> Result<TrainImageOutcome> {
 /// # Errors
 /// Invalid options, unusable data or model, a refused run directory, or a diverging run.
 pub fn train_image_job(job: &ImageJob) -> Result<TrainImageOutcome> {
-    job.config.validate()?;
+    let mut config = job.config.clone().check()?;
     let devices = backend::devices(&job.devices)?;
-    train::parallel::per_device_batch(job.config.batch_size, devices.len())?;
+    train::parallel::per_device_batch(config.batch_size, devices.len())?;
     let data = read_dataset(&job.data_dir)?;
     println!(
         "{:?} dataset at {}: {} classes, {} train / {} test images ({} + {} unreadable, skipped)",
@@ -491,14 +496,13 @@ pub fn train_image_job(job: &ImageJob) -> Result<TrainImageOutcome> {
     // Pixels are normalised as the checkpoint's `preprocessor_config.json` says (ImageNet
     // statistics for DINOv2, DeiT, BEiT …); without one, the ViT default (0.5, 0.5) is used
     // and stderr says so. The size stays `--image-size` (augmentation crops to it).
-    let mut config = job.config.clone();
     if model_dir.is_dir() {
         let fallback = ImageProcessorConfig::vit(config.image_size);
         let (processor, note) = ImageProcessorConfig::from_model_dir(&model_dir, fallback)?;
         if let Some(note) = note {
             eprintln!("{note}");
         }
-        config.normalization = Normalization::from_processor(&processor);
+        config = config.with_normalization(Normalization::from_processor(&processor));
     }
     let config = &config;
     // The training backend is a type: gradient checkpointing picks the other one.

@@ -220,7 +220,7 @@ fn two_peanut_training_steps_match_ndarray_and_train_only_adapters_and_head() {
     let trained = train::train_image(
         before,
         &dataset,
-        &config,
+        &checked(&config),
         &run(&root.join(backend::NAME), false),
         &device,
     )
@@ -228,7 +228,7 @@ fn two_peanut_training_steps_match_ndarray_and_train_only_adapters_and_head() {
     let reference = train::train_image(
         vit::<common::Ad>(&Default::default()),
         &dataset,
-        &config,
+        &checked(&config),
         &run(&root.join("reference"), false),
         &Default::default(),
     )

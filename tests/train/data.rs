@@ -50,7 +50,7 @@ fn train_two_steps(dataset: &ImageDataset, dir: &Path) {
     let trained = train::train_image(
         tiny_vit(dataset.classes.len()),
         dataset,
-        &config,
+        &checked(&config),
         &run(dir, false),
         &device,
     )
@@ -878,7 +878,7 @@ fn an_undecodable_image_alone_in_a_batch_is_skipped_in_training_validation_and_e
     let trained = train::train_image(
         tiny_vit(3),
         &dataset,
-        &config,
+        &checked(&config),
         &run(&root.join("run"), false),
         &device,
     )

@@ -213,7 +213,7 @@ fn lm_training_moves_only_adapters_and_exports_reload_in_both_formats() {
     let trained = lm::train_lm(
         Llama::<TrainBackend>::from_pretrained(&model_dir, &device).unwrap(),
         &data,
-        &config,
+        &checked(&config),
         &run(&root.join("run"), false),
         &device,
     )
@@ -346,14 +346,15 @@ fn lm_resume_after_a_crash_equals_an_uninterrupted_run() {
     let full = lm::train_lm(
         base(),
         &data,
-        &config,
+        &checked(&config),
         &run(&root.join("full"), false),
         &device,
     )
     .unwrap();
     let copy = root.join("copy");
     copy_epoch(&root.join("full"), &copy, 1);
-    let resumed = lm::train_lm(base(), &data, &config, &run(&copy, true), &device).unwrap();
+    let resumed =
+        lm::train_lm(base(), &data, &checked(&config), &run(&copy, true), &device).unwrap();
     // Equal up to float reordering in the CPU backend's threaded kernels (a wrong data order,
     // optimizer state or schedule position moves the adapters by orders of magnitude more, as
     // stopping after the first epoch shows).
@@ -373,7 +374,7 @@ fn lm_resume_after_a_crash_equals_an_uninterrupted_run() {
         learning_rate: 1e-3,
         ..config
     };
-    let err = lm::train_lm(base(), &data, &other, &run(&copy, true), &device)
+    let err = lm::train_lm(base(), &data, &checked(&other), &run(&copy, true), &device)
         .err()
         .unwrap();
     assert!(matches!(err, TrainError::Resume { .. }), "{err}");
@@ -388,10 +389,15 @@ fn load_epoch_one(dir: &Path) -> Llama<Selected> {
         clip_grad_norm: Some(0.5),
         ..tiny_lm_config(2)
     };
-    config
-        .adapter
-        .attach(&mut model, config.method, &config.targets, &[], config.seed)
-        .unwrap();
+    let config = checked(&config);
+    train::attach_adapters(
+        &mut model,
+        config.adapter(),
+        &config.targets,
+        &[],
+        config.seed,
+    )
+    .unwrap();
     train::checkpoint::load_epoch(model, dir, 1, &Default::default()).unwrap()
 }
 

@@ -23,7 +23,9 @@ use peanut_train::TrainError;
 use peanut_train::backend::TrainBackend;
 use peanut_train::data::{self, Layout};
 use peanut_train::schedule::Decay;
-use peanut_train::train::{self, AdapterOptions, ImageTrainConfig, Method, RunOptions};
+use peanut_train::train::{
+    self, AdapterOptions, Checked, ImageTrainConfig, LmTrainConfig, Method, RunOptions,
+};
 
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("peanut-train-test-{}-{name}", std::process::id()));
@@ -63,6 +65,29 @@ pub fn image_folder(root: &Path, per_class: usize) {
             }
         }
     }
+}
+
+/// A training configuration the pipelines take: [`Check::check`] is its one validation.
+pub trait Check: Clone {
+    /// The configuration, checked.
+    fn check(self) -> peanut_train::Result<Checked<Self>>;
+}
+
+impl Check for ImageTrainConfig {
+    fn check(self) -> peanut_train::Result<Checked<Self>> {
+        ImageTrainConfig::check(self)
+    }
+}
+
+impl Check for LmTrainConfig {
+    fn check(self) -> peanut_train::Result<Checked<Self>> {
+        LmTrainConfig::check(self)
+    }
+}
+
+/// `config` checked; tests pass valid configurations.
+pub fn checked<C: Check>(config: &C) -> Checked<C> {
+    config.clone().check().unwrap()
 }
 
 pub fn tiny_vit(num_labels: usize) -> Vit<TrainBackend> {

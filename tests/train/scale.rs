@@ -57,7 +57,7 @@ fn two_devices_match_one<B: AutodiffBackend>(name: &str, two: [B::Device; 2]) {
         let run = run(&dir, false);
         let on = two[..devices].to_vec();
         let model = vit::<B>(&device);
-        let result = train::train_image_on(model, &dataset, &config, &run, &on).unwrap();
+        let result = train::train_image_on(model, &dataset, &checked(&config), &run, &on).unwrap();
         assert_eq!(train::last_checkpoint(&dir), Some(2), "{devices} devices");
         trained.push(trained_values(&result.model));
     }
@@ -110,7 +110,7 @@ fn a_batch_the_devices_cannot_share_is_refused_before_anything_is_written() {
     let err = train::train_image_on(
         tiny_vit(3),
         &dataset,
-        &config,
+        &checked(&config),
         &run(&dir, false),
         &[device, device],
     )
@@ -150,11 +150,8 @@ fn device_specs_of_another_backend_are_refused_with_the_feature_to_build() {
 fn vit_gradients<B: AutodiffBackend>() -> Vec<f64> {
     let device = B::Device::default();
     let mut model = vit::<B>(&device);
-    let config = tiny_config(Method::Peanut, 1);
-    config
-        .adapter
-        .attach(&mut model, Method::Peanut, &config.targets, &[], 9)
-        .unwrap();
+    let config = checked(&tiny_config(Method::Peanut, 1));
+    train::attach_adapters(&mut model, config.adapter(), &config.targets, &[], 9).unwrap();
     let model = model.with_trainable_head(true);
     let images = Tensor::<B, 4>::from_data(
         TensorData::new(
@@ -205,7 +202,7 @@ fn a_checkpointed_run_trains_what_a_plain_run_trains() {
     let plain = train::train_image(
         vit::<TrainBackend>(&device),
         &dataset,
-        &config,
+        &checked(&config),
         &run(&root.join("plain"), false),
         &device,
     )
@@ -213,7 +210,7 @@ fn a_checkpointed_run_trains_what_a_plain_run_trains() {
     let checkpointed = train::train_image(
         vit::<CheckpointedTrainBackend>(&device),
         &dataset,
-        &config,
+        &checked(&config),
         &run(&root.join("checkpointed"), false),
         &device,
     )
@@ -257,11 +254,8 @@ fn half_precision_stores_the_frozen_matrices_in_half_and_computes_close_to_f32()
         &device,
     );
     let mut reference = vit::<TrainBackend>(&device);
-    let config = tiny_config(Method::Peanut, 1);
-    config
-        .adapter
-        .attach(&mut reference, Method::Peanut, &config.targets, &[], 4)
-        .unwrap();
+    let config = checked(&tiny_config(Method::Peanut, 1));
+    train::attach_adapters(&mut reference, config.adapter(), &config.targets, &[], 4).unwrap();
     let reference = reference.with_trainable_head(true);
     let f32_logits = common::values(reference.valid().forward(images.clone()));
     let f32_bytes = peanut::precision::stored_bytes(&reference);
@@ -324,8 +318,14 @@ fn a_bf16_run_trains_f32_adapters_and_exports_them() {
         ..tiny_config(Method::Peanut, 2)
     };
     let dir = root.join("bf16");
-    let trained =
-        train::train_image(tiny_vit(3), &dataset, &config, &run(&dir, false), &device).unwrap();
+    let trained = train::train_image(
+        tiny_vit(3),
+        &dataset,
+        &checked(&config),
+        &run(&dir, false),
+        &device,
+    )
+    .unwrap();
     for (_, adapter) in trained.model.adapters() {
         let (_, changed) = matrix_dtypes(adapter);
         assert!(!changed);
@@ -355,9 +355,15 @@ fn a_bf16_run_trains_f32_adapters_and_exports_them() {
         precision: Precision::F32,
         ..config.clone()
     };
-    let err = train::train_image(tiny_vit(3), &dataset, &f32, &run(&dir, true), &device)
-        .err()
-        .expect("a resumed run keeps its precision");
+    let err = train::train_image(
+        tiny_vit(3),
+        &dataset,
+        &checked(&f32),
+        &run(&dir, true),
+        &device,
+    )
+    .err()
+    .expect("a resumed run keeps its precision");
     assert!(err.to_string().contains("precision"), "{err}");
 }
 
@@ -374,7 +380,7 @@ fn a_backend_without_half_precision_is_a_clear_error() {
     let err = train::train_image(
         vit::<Autodiff<Nd>>(&device),
         &dataset,
-        &config,
+        &checked(&config),
         &run(&root.join("run"), false),
         &device,
     )
@@ -489,14 +495,20 @@ fn a_two_device_run_resumes_on_one_device() {
     let device = Default::default();
     let full = root.join("full");
     let two = [device, device];
-    let uninterrupted =
-        train::train_image_on(tiny_vit(3), &dataset, &config, &run(&full, false), &two).unwrap();
+    let uninterrupted = train::train_image_on(
+        tiny_vit(3),
+        &dataset,
+        &checked(&config),
+        &run(&full, false),
+        &two,
+    )
+    .unwrap();
     let resumed_dir = root.join("resumed");
     copy_epoch(&full, &resumed_dir, 1);
     let resumed = train::train_image(
         tiny_vit(3),
         &dataset,
-        &config,
+        &checked(&config),
         &run(&resumed_dir, true),
         &device,
     )

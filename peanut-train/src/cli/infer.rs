@@ -952,16 +952,18 @@ impl std::fmt::Display for InfoReport {
 pub fn info(args: InfoArgs) -> Result<InfoReport> {
     let dir = resolve_model_dir(&args.model, MODEL_HINT)?;
     let family = ModelFamily::of_model_dir(&dir)?;
-    let (rank, alpha, targets): (usize, f64, Vec<String>) = match family {
-        ModelFamily::Vit => (7, 8.0, vec!["query".into(), "value".into()]),
-        ModelFamily::Llama => (
-            32,
-            64.0,
-            ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
-                .map(String::from)
-                .to_vec(),
-        ),
+    // The defaults of the family's training job.
+    let (defaults, targets) = match family {
+        ModelFamily::Vit => {
+            let config = ImageTrainConfig::default();
+            (config.adapter, config.targets)
+        }
+        ModelFamily::Llama => {
+            let config = train::LmTrainConfig::default();
+            (config.adapter, config.targets)
+        }
     };
+    let (rank, alpha) = (defaults.rank, defaults.lora_alpha);
     let options: AdapterOptions = args
         .shape
         .options(args.rank.unwrap_or(rank), args.lora_alpha.unwrap_or(alpha));
@@ -987,7 +989,8 @@ pub fn info(args: InfoArgs) -> Result<InfoReport> {
                 targets,
                 layers: args.layers.clone(),
                 ..ImageTrainConfig::default()
-            };
+            }
+            .check()?;
             let linears: Vec<String> = model.linear_sites().into_iter().map(|s| s.path).collect();
             let (prepared, trainable) = train::prepare_model(model, &config)?;
             let adapted: Vec<String> = prepared.adapters().into_iter().map(|(p, _)| p).collect();
@@ -997,7 +1000,8 @@ pub fn info(args: InfoArgs) -> Result<InfoReport> {
             let mut model = Llama::<TrainBackend>::from_pretrained(&dir, &backend::device())?;
             let total = model.num_params();
             let linears: Vec<String> = model.linear_sites().into_iter().map(|s| s.path).collect();
-            options.attach(&mut model, args.method, &targets, &args.layers, 0)?;
+            let adapter = options.config(args.method)?;
+            train::attach_adapters(&mut model, adapter.as_ref(), &targets, &args.layers, 0)?;
             let model = match args.method {
                 Method::Full => model.with_trainable_base(true),
                 Method::Head => model.with_trainable_head(true),

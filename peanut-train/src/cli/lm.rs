@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
 use clap::Args;
 use peanut_models::llama::{GenerationConfig, Sampling, Tokenizer};
@@ -15,11 +16,15 @@ use crate::data::instruct::{self, Instruction, Task};
 use crate::error::{Result, TrainError};
 use crate::schedule::Decay;
 use crate::train::lm::{self as lm_train, LmEvalReport, LmTrainConfig};
-use crate::train::{self, Method, RunOptions};
+use crate::train::{self, Checked, Method, RunOptions};
 
 const MODEL_HINT: &str = "pass a Hugging Face id or a local directory holding transformers' config.json, the \
      safetensors weights and tokenizer.json of a LlamaForCausalLM or Qwen2ForCausalLM model \
      (download it with `huggingface-cli download` on a machine with network access)";
+
+/// The defaults of `train lm`: the library's [`LmTrainConfig::default`], so that a value is
+/// written once.
+static LM: LazyLock<LmTrainConfig> = LazyLock::new(LmTrainConfig::default);
 
 /// The adapter options of `train lm` (defaults: the paper's LLM setting).
 #[derive(Args, Debug, Clone)]
@@ -29,20 +34,16 @@ pub struct LmAdapterArgs {
     #[arg(long, value_enum, default_value = "peanut")]
     pub method: Method,
     /// Adapter rank (PEANuT's hidden width).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = LM.adapter.rank)]
     pub rank: usize,
     /// Depth, activation and scaling.
     #[command(flatten)]
     pub shape: AdapterShapeArgs,
     /// LoRA alpha (scale alpha / rank; LLM-Adapters uses 64 at rank 32).
-    #[arg(long, default_value_t = 64.0, value_parser = values::positive_f64)]
+    #[arg(long, default_value_t = LM.adapter.lora_alpha, value_parser = values::positive_f64)]
     pub lora_alpha: f64,
     /// Linears to adapt, by name or `*` pattern (comma-separated).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "q_proj,k_proj,v_proj,up_proj,down_proj"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = lm_train::DEFAULT_TARGETS)]
     pub targets: Vec<String>,
     /// Only these block indices (comma-separated; default all).
     #[arg(long, value_delimiter = ',')]
@@ -67,41 +68,41 @@ pub struct TrainLmArgs {
     #[command(flatten)]
     pub adapter: LmAdapterArgs,
     /// Epochs.
-    #[arg(long, default_value_t = 1, value_parser = values::at_least_one)]
+    #[arg(long, default_value_t = LM.epochs, value_parser = values::at_least_one)]
     pub epochs: usize,
     /// Sequences per forward/backward pass.
-    #[arg(long, default_value_t = 4, value_parser = values::at_least_one)]
+    #[arg(long, default_value_t = LM.batch_size, value_parser = values::at_least_one)]
     pub batch_size: usize,
     /// Passes averaged per optimizer step (effective batch = batch-size × this).
-    #[arg(long, default_value_t = 4, value_parser = values::at_least_one)]
+    #[arg(long, default_value_t = LM.grad_accumulation, value_parser = values::at_least_one)]
     pub grad_accumulation: usize,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 3e-4, value_parser = values::positive_f64)]
+    #[arg(long, default_value_t = LM.learning_rate, value_parser = values::positive_f64)]
     pub lr: f64,
     /// AdamW weight decay.
-    #[arg(long, default_value_t = 0.0, value_parser = values::non_negative_f64)]
+    #[arg(long, default_value_t = LM.weight_decay, value_parser = values::non_negative_f64)]
     pub weight_decay: f64,
     /// Optimizer steps of linear warmup (LLM-Adapters: 100).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = LM.warmup_steps)]
     pub warmup_steps: usize,
     /// Decay after warmup.
     #[arg(long, value_enum, default_value = "linear")]
     pub decay: Decay,
     /// Clip the global gradient norm to this value (transformers' default 1); 0 turns it off.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = LM.clip_grad_norm.unwrap_or(0.0))]
     pub clip_grad_norm: f32,
     /// Seed of adapters, validation split and data order.
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = LM.seed)]
     pub seed: u64,
     /// Most tokens per example (prompt + response + EOS); longer examples are truncated and
     /// those left without a response token dropped.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = LM.cutoff_len)]
     pub cutoff_len: usize,
     /// Also put the loss on the prompt (the paper trains on responses only).
     #[arg(long)]
     pub train_on_inputs: bool,
     /// Examples held out for validation (LLM-Adapters' val_set_size); 0 for none.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = LM.val_size)]
     pub val_size: usize,
     /// Continue the run in `--output-dir` from its last complete checkpoint (or finish its
     /// export); refused when the run was started with other options.
@@ -324,17 +325,16 @@ pub fn train_lm(args: TrainLmArgs) -> Result<()> {
 /// # Errors
 /// Invalid options, unusable data or model, a refused run directory, or a diverging run.
 pub fn train_lm_job(job: &LmJob) -> Result<()> {
-    let config = &job.config;
-    config.validate()?;
+    let config = &job.config.clone().check()?;
     let devices = backend::devices(&job.devices)?;
     train::parallel::per_device_batch(config.batch_size, devices.len())?;
     let model_dir = resolve_model_dir(&job.model, MODEL_HINT)?;
     let tokenizer = load_tokenizer(&model_dir)?;
     // The training backend is a type: gradient checkpointing picks the other one.
     let trained = if job.checkpointing {
-        train_lm_on::<CheckpointedTrainBackend>(job, &model_dir, &tokenizer, &devices)?
+        train_lm_on::<CheckpointedTrainBackend>(job, config, &model_dir, &tokenizer, &devices)?
     } else {
-        train_lm_on::<TrainBackend>(job, &model_dir, &tokenizer, &devices)?
+        train_lm_on::<TrainBackend>(job, config, &model_dir, &tokenizer, &devices)?
     };
     println!("{} trainable parameters", trained.trainable_params);
     let export_dir = job.run.dir.join("export");
@@ -366,11 +366,11 @@ fn train_lm_on<
     B: AutodiffBackend<InnerBackend = Selected, Device = burn::tensor::Device<Selected>>,
 >(
     job: &LmJob,
+    config: &Checked<LmTrainConfig>,
     model_dir: &Path,
     tokenizer: &Tokenizer,
     devices: &[burn::tensor::Device<Selected>],
 ) -> Result<lm_train::TrainedLm<Selected>> {
-    let config = &job.config;
     train::check_precision::<B>(&devices[0], config.precision)?;
     let model = Llama::<B>::from_pretrained_in(model_dir, &devices[0], config.precision)?;
     let data =

@@ -11,6 +11,7 @@ use peanut::Precision;
 use peanut_models::{AdaptableModel, Vit};
 use serde::{Deserialize, Serialize};
 
+use super::checked::Checked;
 use super::fit::{Accumulation, Loaders, Recipe, Training, Warmup, fit};
 use super::guard::{LossGuard, LossGuardMetric};
 use super::metrics::ThroughputMetric;
@@ -21,6 +22,10 @@ use crate::data::{
 };
 use crate::error::{Result, TrainError};
 use crate::schedule::Decay;
+
+/// The linears a ViT run adapts by default (the paper's), comma-separated as `--targets` takes
+/// them.
+pub const DEFAULT_TARGETS: &str = "query,value";
 
 /// Everything that decides what a training run computes. Saved as `run.json` in the run
 /// directory; `--resume` requires the same settings.
@@ -74,7 +79,7 @@ impl Default for ImageTrainConfig {
         Self {
             method: Method::Peanut,
             adapter: AdapterOptions::default(),
-            targets: vec!["query".into(), "value".into()],
+            targets: DEFAULT_TARGETS.split(',').map(String::from).collect(),
             layers: Vec::new(),
             epochs: 10,
             batch_size: 64,
@@ -95,8 +100,9 @@ impl Default for ImageTrainConfig {
 }
 
 impl ImageTrainConfig {
-    /// Checks the options that could not work; the error names the option.
-    pub fn validate(&self) -> Result<()> {
+    /// Checks the options that could not work (the error names the option) and builds the
+    /// adapter configuration: the one validation of a run's configuration ([`Checked`]).
+    pub fn check(self) -> Result<Checked<Self>> {
         let bad = |option, reason: String| Err(TrainError::InvalidOption { option, reason });
         if self.epochs == 0 {
             return bad("--epochs", "must be at least 1".into());
@@ -128,7 +134,8 @@ impl ImageTrainConfig {
         if self.image_size == 0 {
             return bad("--image-size", "must be at least 1".into());
         }
-        self.adapter.config(self.method).map(|_| ())
+        let adapter = self.adapter.config(self.method)?;
+        Ok(Checked::new(self, adapter))
     }
 
     /// The training transform.
@@ -138,6 +145,15 @@ impl ImageTrainConfig {
         } else {
             Transform::eval(self.image_size)
         }
+    }
+}
+
+impl Checked<ImageTrainConfig> {
+    /// The same configuration with another pixel normalization (which no check constrains), as
+    /// `train image` sets from the checkpoint's image processor.
+    pub fn with_normalization(mut self, normalization: Normalization) -> Self {
+        self.unconstrained_mut().normalization = normalization;
+        self
     }
 }
 
@@ -159,12 +175,12 @@ pub struct TrainedImage<B: Backend> {
 /// Returns the model and its trainable parameter count.
 pub fn prepare_model<B: AutodiffBackend>(
     model: Vit<B>,
-    config: &ImageTrainConfig,
+    config: &Checked<ImageTrainConfig>,
 ) -> Result<(Vit<B>, usize)> {
     let mut model = model;
-    config.adapter.attach(
+    run::attach_adapters(
         &mut model,
-        config.method,
+        config.adapter(),
         &config.targets,
         &config.layers,
         config.seed,
@@ -188,7 +204,7 @@ pub fn prepare_model<B: AutodiffBackend>(
 pub fn train_image<B: AutodiffBackend>(
     model: Vit<B>,
     data: &ImageDataset,
-    config: &ImageTrainConfig,
+    config: &Checked<ImageTrainConfig>,
     run: &RunOptions,
     device: &B::Device,
 ) -> Result<TrainedImage<B::InnerBackend>> {
@@ -205,11 +221,10 @@ pub fn train_image<B: AutodiffBackend>(
 pub fn train_image_on<B: AutodiffBackend>(
     model: Vit<B>,
     data: &ImageDataset,
-    config: &ImageTrainConfig,
+    config: &Checked<ImageTrainConfig>,
     run: &RunOptions,
     devices: &[B::Device],
 ) -> Result<TrainedImage<B::InnerBackend>> {
-    config.validate()?;
     let channels = model.config.num_channels;
     let train_samples: Arc<[_]> = data.train.samples.clone().into();
     let test_samples: Arc<[_]> = data.test.samples.clone().into();
@@ -230,7 +245,7 @@ pub fn train_image_on<B: AutodiffBackend>(
     let recipe = Recipe {
         run,
         data: &data.root,
-        config,
+        config: &**config,
         examples: train_samples.len(),
         epochs: config.epochs,
         batch_size: config.batch_size,

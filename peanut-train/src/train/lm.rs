@@ -12,6 +12,7 @@ use peanut_models::llama::{GenerationConfig, Tokenizer};
 use peanut_models::{AdaptableModel, Llama};
 use serde::{Deserialize, Serialize};
 
+use super::checked::Checked;
 use super::fit::{Accumulation, Loaders, Recipe, Training, Warmup, fit};
 use super::guard::{LossGuard, LossGuardMetric};
 use super::metrics::{ThroughputMetric, TokenAccuracyMetric};
@@ -28,6 +29,10 @@ pub const PAD_ID: u32 = 0;
 
 /// Mixed into the seed for the validation split, so it does not follow the epoch order.
 const VALIDATION_STREAM: u64 = u64::from_be_bytes(*b"\0\0\0valid");
+
+/// The linears an LM run adapts by default (the paper's), comma-separated as `--targets` takes
+/// them.
+pub const DEFAULT_TARGETS: &str = "q_proj,k_proj,v_proj,up_proj,down_proj";
 
 /// Everything that decides what a causal-LM run computes. Saved as `run.json` in the run
 /// directory; `--resume` requires the same settings.
@@ -85,9 +90,7 @@ impl Default for LmTrainConfig {
                 lora_alpha: 64.0,
                 ..AdapterOptions::default()
             },
-            targets: ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
-                .map(String::from)
-                .to_vec(),
+            targets: DEFAULT_TARGETS.split(',').map(String::from).collect(),
             layers: Vec::new(),
             epochs: 1,
             batch_size: 4,
@@ -107,8 +110,9 @@ impl Default for LmTrainConfig {
 }
 
 impl LmTrainConfig {
-    /// Checks the options that could not work; the error names the option.
-    pub fn validate(&self) -> Result<()> {
+    /// Checks the options that could not work (the error names the option) and builds the
+    /// adapter configuration: the one validation of a run's configuration ([`Checked`]).
+    pub fn check(self) -> Result<Checked<Self>> {
         let bad = |option, reason: String| Err(TrainError::InvalidOption { option, reason });
         if self.method == Method::Head {
             return bad(
@@ -143,7 +147,8 @@ impl LmTrainConfig {
         if self.clip_grad_norm.is_some_and(|c| c.is_nan() || c <= 0.0) {
             return bad("--clip-grad-norm", "must be positive".into());
         }
-        self.adapter.config(self.method).map(|_| ())
+        let adapter = self.adapter.config(self.method)?;
+        Ok(Checked::new(self, adapter))
     }
 }
 
@@ -241,13 +246,12 @@ pub struct TrainedLm<B: Backend> {
 /// parameter count.
 pub fn prepare_lm<B: AutodiffBackend>(
     model: Llama<B>,
-    config: &LmTrainConfig,
+    config: &Checked<LmTrainConfig>,
 ) -> Result<(Llama<B>, usize)> {
-    config.validate()?;
     let mut model = model;
-    config.adapter.attach(
+    run::attach_adapters(
         &mut model,
-        config.method,
+        config.adapter(),
         &config.targets,
         &config.layers,
         config.seed,
@@ -270,7 +274,7 @@ pub fn prepare_lm<B: AutodiffBackend>(
 pub fn train_lm<B: AutodiffBackend>(
     model: Llama<B>,
     data: &InstructionData,
-    config: &LmTrainConfig,
+    config: &Checked<LmTrainConfig>,
     run: &RunOptions,
     device: &B::Device,
 ) -> Result<TrainedLm<B::InnerBackend>> {
@@ -289,17 +293,16 @@ pub fn train_lm<B: AutodiffBackend>(
 pub fn train_lm_on<B: AutodiffBackend>(
     model: Llama<B>,
     data: &InstructionData,
-    config: &LmTrainConfig,
+    config: &Checked<LmTrainConfig>,
     run: &RunOptions,
     devices: &[B::Device],
 ) -> Result<TrainedLm<B::InnerBackend>> {
-    config.validate()?;
     let train: Arc<[Tokenized]> = data.train.clone().into();
     let valid: Arc<[Tokenized]> = data.valid.clone().into();
     let recipe = Recipe {
         run,
         data: &data.path,
-        config,
+        config: &**config,
         examples: train.len(),
         epochs: config.epochs,
         batch_size: config.batch_size,

@@ -12,11 +12,13 @@
 //!  (LLaMA,       Learner      │                  the trainable-only record
 //!  JSON)         set-up       ├── guard.rs       loss guard (off the training thread), clipping
 //!                             └── checkpoint.rs  crash-safe epoch checkpoints
+//! checked.rs                     Checked: a configuration validated once, with its adapter config
 //! classifier.rs / causal_lm.rs   each model's Objective (its loss and metric outputs)
 //! metrics.rs                     throughput and token-accuracy metrics
 //! ```
 
 pub mod causal_lm;
+pub mod checked;
 pub mod checkpoint;
 pub mod classifier;
 pub mod fit;
@@ -29,6 +31,7 @@ pub mod run;
 pub mod step;
 
 pub use causal_lm::{CausalLm, LmOutput};
+pub use checked::Checked;
 pub use classifier::ImageClassifier;
 pub use guard::{Divergence, LossGuard};
 pub use image::{
@@ -42,8 +45,8 @@ pub use lm::{
 pub use metrics::{ThroughputMetric, TokenAccuracyMetric};
 pub use parallel::{DeviceKind, DeviceSpec};
 pub use run::{
-    AdapterOptions, Method, RunOptions, check_precision, export_adapters, export_atomically,
-    last_checkpoint,
+    AdapterOptions, Method, RunOptions, attach_adapters, check_precision, export_adapters,
+    export_atomically, last_checkpoint,
 };
 pub use step::{
     GroupLearningRate, LearningRates, Objective, StepSettings, TrainableRecord, Trainee,

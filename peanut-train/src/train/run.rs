@@ -79,7 +79,8 @@ impl Default for AdapterOptions {
 }
 
 impl AdapterOptions {
-    /// The adapter configuration for `method`, or `None` for `head` and `full`.
+    /// The adapter configuration for `method`, checked, or `None` for `head` and `full`. The
+    /// training configurations' `check` calls it once.
     pub fn config(&self, method: Method) -> Result<Option<AdapterConfig>> {
         Ok(match method {
             Method::Peanut => {
@@ -104,35 +105,34 @@ impl AdapterOptions {
             Method::Head | Method::Full => None,
         })
     }
+}
 
-    /// Adds `method`'s adapters (none for `head` and `full`) to the linears `targets` and
-    /// `layers` (all blocks when empty) select, seeded from `seed`.
-    ///
-    /// # Errors
-    /// An invalid adapter option, or a target that matches nothing (as `--targets`).
-    pub fn attach<B: Backend, M: AdaptableModel<B>>(
-        &self,
-        model: &mut M,
-        method: Method,
-        targets: &[String],
-        layers: &[usize],
-        seed: u64,
-    ) -> Result<()> {
-        let Some(adapter) = self.config(method)? else {
-            return Ok(());
-        };
-        let mut selection = Targets::new(targets.iter().cloned());
-        if !layers.is_empty() {
-            selection = selection.with_layers(layers.iter().copied());
-        }
-        model
-            .add_adapters(&selection, &adapter, seed)
-            .map_err(|e| TrainError::InvalidOption {
-                option: "--targets",
-                reason: e.to_string(),
-            })?;
-        Ok(())
+/// Adds the adapters `adapter` describes (none for `head` and `full`) to the linears `targets`
+/// and `layers` (all blocks when empty) select, seeded from `seed`.
+///
+/// # Errors
+/// A target that matches nothing (as `--targets`).
+pub fn attach_adapters<B: Backend, M: AdaptableModel<B>>(
+    model: &mut M,
+    adapter: Option<&AdapterConfig>,
+    targets: &[String],
+    layers: &[usize],
+    seed: u64,
+) -> Result<()> {
+    let Some(adapter) = adapter else {
+        return Ok(());
+    };
+    let mut selection = Targets::new(targets.iter().cloned());
+    if !layers.is_empty() {
+        selection = selection.with_layers(layers.iter().copied());
     }
+    model
+        .add_adapters(&selection, adapter, seed)
+        .map_err(|e| TrainError::InvalidOption {
+            option: "--targets",
+            reason: e.to_string(),
+        })?;
+    Ok(())
 }
 
 /// Where and how a run is kept.
