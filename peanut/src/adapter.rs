@@ -65,7 +65,9 @@ impl<B: Backend> Adapter<B> {
         match self {
             Self::Peanut(adapter) => AdapterConfig::Peanut(adapter.config()),
             Self::Lora(adapter) => AdapterConfig::Lora(
-                LoraConfig::new(adapter.rank()).with_alpha(adapter.scaling * adapter.rank() as f64),
+                LoraConfig::new(adapter.rank())
+                    .with_alpha(adapter.scaling * adapter.rank() as f64)
+                    .with_b_init(adapter.b_init),
             ),
         }
     }

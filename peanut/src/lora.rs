@@ -20,6 +20,9 @@ pub struct Lora<B: Backend> {
     /// The multiplier `s = alpha / rank`.
     #[module(skip)]
     pub scaling: f64,
+    /// How `B` started (kept so that [`crate::Adapter::config`] describes the adapter whole).
+    #[module(skip)]
+    pub b_init: OutputInit,
 }
 
 impl<B: Backend> Lora<B> {
@@ -42,10 +45,12 @@ impl<B: Backend> Lora<B> {
             a: Param::from_tensor(a),
             b: Param::from_tensor(b),
             scaling: config.scaling(),
+            b_init: config.b_init,
         }
     }
 
-    /// Builds an adapter from existing tensors (burn layout).
+    /// Builds an adapter from existing tensors (burn layout). Its `b_init` is the default
+    /// ([`OutputInit::Zeros`]): files do not record it.
     ///
     /// # Panics
     /// When `a: [d_input, r]` and `b: [r, d_output]` disagree on `r`.
@@ -55,6 +60,7 @@ impl<B: Backend> Lora<B> {
             a: Param::from_tensor(a),
             b: Param::from_tensor(b),
             scaling,
+            b_init: OutputInit::default(),
         }
     }
 

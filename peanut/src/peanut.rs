@@ -38,6 +38,9 @@ pub struct Peanut<B: Backend> {
     /// The multiplier `s`.
     #[module(skip)]
     pub scaling: f64,
+    /// How `B` started (kept so that [`Peanut::config`] describes the adapter whole).
+    #[module(skip)]
+    pub b_init: OutputInit,
 }
 
 impl<B: Backend> Peanut<B> {
@@ -69,10 +72,13 @@ impl<B: Backend> Peanut<B> {
             b: Param::from_tensor(b),
             activation: config.activation,
             scaling: config.scaling,
+            b_init: config.b_init,
         }
     }
 
-    /// Builds an adapter from existing tensors (burn layout), for loading and for tests.
+    /// Builds an adapter from existing tensors (burn layout), for loading and for tests. Its
+    /// `b_init` is the default ([`OutputInit::Zeros`]); this workspace's adapter format records
+    /// it and its loader sets it, peft's format does not.
     ///
     /// # Panics
     /// When the shapes do not fit together (`a: [d_output, r]`, encoders/decoders `[r, r]` and
@@ -102,6 +108,7 @@ impl<B: Backend> Peanut<B> {
             b: Param::from_tensor(b),
             activation,
             scaling,
+            b_init: OutputInit::default(),
         }
     }
 
@@ -120,12 +127,14 @@ impl<B: Backend> Peanut<B> {
         2 + 2 * self.encoders.len()
     }
 
-    /// The configuration that describes this adapter (with `B` initialisation left default).
+    /// The configuration that describes this adapter: the one it was built from (its rank and
+    /// depth are the shapes of its parameters).
     pub fn config(&self) -> PeanutConfig {
         PeanutConfig::new(self.rank())
             .with_depth(self.depth())
             .with_activation(self.activation)
             .with_scaling(self.scaling)
+            .with_b_init(self.b_init)
     }
 
     /// `H = body(σ(W0·A))`, the hidden representation of the weight, before `B`. A

@@ -416,16 +416,17 @@ fn merge_follows_the_spec_rules() {
 #[test]
 fn native_files_round_trip_both_methods_and_leave_no_temporary_files() {
     let dir = tempdir("roundtrip");
-    let peanut = AdapterConfig::from(peanut_config(3, 6, Activation::Sine { frequency: 2.0 }))
-        .init::<Cpu>(10, 8, 1, &device())
-        .unwrap();
-    let lora = AdapterConfig::from(
+    let peanut_cfg = AdapterConfig::from(peanut_config(3, 6, Activation::Sine { frequency: 2.0 }));
+    let peanut = peanut_cfg.init::<Cpu>(10, 8, 1, &device()).unwrap();
+    let lora_cfg = AdapterConfig::from(
         LoraConfig::new(2)
             .with_alpha(4.0)
             .with_b_init(OutputInit::KaimingUniform),
-    )
-    .init::<Cpu>(8, 5, 2, &device())
-    .unwrap();
+    );
+    let lora = lora_cfg.init::<Cpu>(8, 5, 2, &device()).unwrap();
+    // An adapter describes itself with the configuration it was built from, `B`'s start too.
+    assert_eq!(peanut.config(), peanut_cfg);
+    assert_eq!(lora.config(), lora_cfg);
     io::save(
         &dir,
         [

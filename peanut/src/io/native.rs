@@ -119,19 +119,25 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<AdapterMap<B>>
                     .map(|i| read(format!("{path}.peanut.decoders.{i}"), square))
                     .collect::<Result<Vec<_>>>()?;
                 let b = read(format!("{path}.peanut.b"), [Some(rank), Some(d_output)])?;
-                Adapter::Peanut(Peanut::from_tensors(
-                    a,
-                    encoders,
-                    decoders,
-                    b,
-                    peanut.activation,
-                    peanut.scaling,
-                ))
+                Adapter::Peanut(Peanut {
+                    b_init: peanut.b_init,
+                    ..Peanut::from_tensors(
+                        a,
+                        encoders,
+                        decoders,
+                        b,
+                        peanut.activation,
+                        peanut.scaling,
+                    )
+                })
             }
             AdapterConfig::Lora(lora) => {
                 let a = read(format!("{path}.lora.a"), [None, Some(lora.rank)])?;
                 let b = read(format!("{path}.lora.b"), [Some(lora.rank), None])?;
-                Adapter::Lora(Lora::from_tensors(a, b, lora.scaling()))
+                Adapter::Lora(Lora {
+                    b_init: lora.b_init,
+                    ..Lora::from_tensors(a, b, lora.scaling())
+                })
             }
         };
         adapters.insert(path, adapter);
