@@ -390,7 +390,7 @@ fn library_callers_get_the_command_lines_checks() {
             "--lora-alpha",
         ),
     ] {
-        let err = config.check().err().expect("refused");
+        let err = config.check().expect_err("refused");
         assert!(
             matches!(&err, TrainError::InvalidOption { option: o, .. } if *o == option),
             "{option}: {err}"
