@@ -51,6 +51,9 @@ echo "== wgpu backend tests (lavapipe unless a GPU driver is installed)"
 log="$XDG_RUNTIME_DIR/test.log"
 # One test target of the root package only: the workspace's other crates and test binaries are
 # not rebuilt for wgpu.
-cargo test -p peanut-suite --features wgpu --test train backend -- --nocapture 2>&1 | tee "$log"
-# `backend` filters by name: make sure the tests ran, and on wgpu.
+# The `backend` module, and the scale tests of device and precision refusals (the two-device
+# comparison needs two GPUs; lavapipe is one device).
+cargo test -p peanut-suite --features wgpu --test train -- --nocapture backend:: \
+    scale::a_backend_without scale::device_specs 2>&1 | tee "$log"
+# The filters select by name: make sure the tests ran, and on wgpu.
 grep -q '^wgpu vs ndarray' "$log" || fail "the wgpu backend tests did not run (see above)."

@@ -81,15 +81,17 @@ fn two_ndarray_devices_train_what_one_device_trains() {
     two_devices_match_one::<Autodiff<Nd>>("ndarray", Default::default());
 }
 
-/// Two workers on the CPU, or the devices `PEANUT_TEST_DEVICES` names (`cuda:0,1` on a machine
-/// with two GPUs: `benches/device-check.sh` runs this test so).
+/// Two workers on the CPU (`--devices 2`), or the devices `PEANUT_TEST_DEVICES` names
+/// (`cuda:0,1` on a machine with two GPUs: `benches/device-check.sh` runs this test so). A GPU
+/// build needs two GPUs: `.ci/wgpu.sh`, with lavapipe's one, leaves this test out.
 #[test]
 fn two_devices_of_the_selected_backend_train_what_one_device_trains() {
     let spec: DeviceSpec = std::env::var("PEANUT_TEST_DEVICES")
         .unwrap_or_else(|_| "2".into())
         .parse()
         .unwrap();
-    let devices = peanut_train::backend::devices(&spec).unwrap();
+    let devices = peanut_train::backend::devices(&spec)
+        .unwrap_or_else(|e| panic!("{e} (set PEANUT_TEST_DEVICES to two devices)"));
     let two: [_; 2] = devices
         .try_into()
         .expect("PEANUT_TEST_DEVICES names two devices");
@@ -112,7 +114,7 @@ fn a_batch_the_devices_cannot_share_is_refused_before_anything_is_written() {
         &dataset,
         &checked(&config),
         &run(&dir, false),
-        &[device, device],
+        &twice(&device),
     )
     .err()
     .expect("3 examples cannot be shared by 2 devices");
@@ -131,13 +133,23 @@ fn a_batch_the_devices_cannot_share_is_refused_before_anything_is_written() {
 
 #[test]
 fn device_specs_of_another_backend_are_refused_with_the_feature_to_build() {
-    let spec: DeviceSpec = "cuda:0,1".parse().unwrap();
-    let err = peanut_train::backend::devices(&spec)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("--features cuda"), "{err}");
-    let cpu = peanut_train::backend::devices(&"cpu:2".parse().unwrap()).unwrap();
-    assert_eq!(cpu.len(), 2);
+    use peanut_train::backend::{self, DeviceKind};
+    let devices = |spec: &str| backend::devices(&spec.parse().unwrap());
+    for (spec, kind, feature) in [
+        ("cuda:0,1", DeviceKind::Cuda, "cuda"),
+        ("wgpu:0,1", DeviceKind::Wgpu, "wgpu"),
+        ("cpu:0,1", DeviceKind::Cpu, "flex"),
+    ] {
+        if kind == backend::KIND {
+            continue;
+        }
+        let err = devices(spec).unwrap_err().to_string();
+        assert!(err.contains(&format!("--features {feature}")), "{err}");
+    }
+    if backend::KIND == DeviceKind::Cpu {
+        // Two workers on the one CPU.
+        assert_eq!(devices("cpu:2").unwrap().len(), 2);
+    }
     assert_eq!(
         peanut_train::backend::devices(&DeviceSpec::default())
             .unwrap()
@@ -494,7 +506,7 @@ fn a_two_device_run_resumes_on_one_device() {
     let config = tiny_config(Method::Peanut, 2);
     let device = Default::default();
     let full = root.join("full");
-    let two = [device, device];
+    let two = twice(&device);
     let uninterrupted = train::train_image_on(
         tiny_vit(3),
         &dataset,
@@ -519,4 +531,9 @@ fn a_two_device_run_resumes_on_one_device() {
         &trained_values(&uninterrupted.model),
         1e-5,
     );
+}
+
+/// Two of `device` (a device of the selected backend need not be `Copy`: wgpu's is not).
+fn twice<D: Clone>(device: &D) -> [D; 2] {
+    [device.clone(), device.clone()]
 }
