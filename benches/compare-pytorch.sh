@@ -11,7 +11,9 @@
 # throughputs, their ratio (peanut / PyTorch, higher is better for peanut), cores busy and peak
 # RSS. The Python side lives in a venv (`PEANUT_BENCH_VENV`, default `target/bench-venv`) that
 # this script creates with torch, transformers and peft from PyPI on first use. Threads: both
-# stacks use every core (PyTorch's default; set OMP_NUM_THREADS / RAYON_NUM_THREADS to change).
+# stacks use every core (PyTorch's default; set OMP_NUM_THREADS / RAYON_NUM_THREADS to change);
+# peanut's training workloads run the data-parallel CPU workers `peanut train` runs by default
+# (`--devices auto`; PEANUT_SPEED_WORKERS=1 for one training thread).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -18,9 +18,15 @@
 //! `PEANUT_SPEED_CHECKPOINTING=1` (gradient checkpointing), `PEANUT_SPEED_PRECISION=bf16` (or
 //! `f16`: the frozen weights' precision) and `PEANUT_SPEED_BATCH=8` (another ViT batch);
 //! `benches/scale-memory.sh` uses them to measure what checkpointing saves.
+//!
+//! The training workloads run as `peanut train` does by default (`--devices auto`): on a CPU
+//! backend, one data-parallel worker per core ([`peanut_train::train::parallel`]), each step
+//! computed as burn's multi-device strategy computes it ([`step_grads`]).
+//! `PEANUT_SPEED_WORKERS=1` times one training thread instead.
 
 use std::time::Instant;
 
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::ElementConversion;
@@ -29,7 +35,7 @@ use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use peanut::{AdapterConfig, PeanutConfig, Precision};
 use peanut_models::llama::GenerationConfig;
 use peanut_models::{AdaptableModel, Llama, LlamaConfig, Targets, Vit, VitConfig};
-use peanut_train::backend::{self, CheckpointedTrainBackend, Selected, TrainBackend};
+use peanut_train::backend::{self, CheckpointedTrainBackend, DeviceSpec, Selected, TrainBackend};
 
 /// Training batch of the ViT workloads (the DINOv2-S protocol of the speed issue).
 const VIT_BATCH: usize = 32;
@@ -153,6 +159,89 @@ fn scale_fields() -> String {
     )
 }
 
+/// Data-parallel workers of the training workloads for a batch of `batch`:
+/// `PEANUT_SPEED_WORKERS`, or what `peanut train --devices auto` (the default) picks.
+fn workers(batch: usize) -> usize {
+    std::env::var("PEANUT_SPEED_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n >= 1 && batch.is_multiple_of(n))
+        .unwrap_or_else(|| {
+            backend::devices(&DeviceSpec::auto(), batch)
+                .expect("the selected backend's devices")
+                .len()
+        })
+}
+
+/// One training step's loss and gradients over `parts` (the batch, split among workers), as
+/// burn's multi-device strategy computes them for `peanut train` with several devices: each
+/// worker thread forks the model (its own autodiff graph over the shared frozen weights),
+/// computes `loss` on its part divided by the worker count, and takes its gradients; the
+/// gradients are then summed. One part runs on this thread, without a fork.
+fn step_grads<B, M, I>(
+    model: &M,
+    parts: Vec<I>,
+    device: &B::Device,
+    loss: impl Fn(&M, I) -> Tensor<B, 1> + Sync,
+) -> (Tensor<B, 1>, GradientsParams)
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    I: Send,
+{
+    let n = parts.len();
+    if n == 1 {
+        let input = parts.into_iter().next().expect("one part");
+        let loss = loss(model, input);
+        let grads = GradientsParams::from_grads(loss.backward(), model);
+        return (loss, grads);
+    }
+    let loss = &loss;
+    let results: Vec<(Tensor<B, 1>, GradientsParams)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|input| {
+                let worker = model.clone();
+                scope.spawn(move || {
+                    let worker = worker.fork(device);
+                    let loss = loss(&worker, input) / n as f32;
+                    let grads = GradientsParams::from_grads(loss.backward(), &worker);
+                    (loss.detach(), grads)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().expect("a worker panicked"))
+            .collect()
+    });
+    let (losses, grads): (Vec<_>, Vec<_>) = results.into_iter().unzip();
+    (Tensor::cat(losses, 0).sum(), sum_grads(model, grads))
+}
+
+/// The sum, parameter by parameter, of the workers' gradients of `model`'s parameters.
+fn sum_grads<B: AutodiffBackend, M: Module<B>>(
+    model: &M,
+    grads: Vec<GradientsParams>,
+) -> GradientsParams {
+    struct Sum(Vec<GradientsParams>, GradientsParams);
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Sum {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let total = self
+                .0
+                .iter_mut()
+                .filter_map(|grads| grads.remove::<B::InnerBackend, D>(param.id))
+                .reduce(|a, b| a + b);
+            if let Some(total) = total {
+                self.1.register::<B::InnerBackend, D>(param.id, total);
+            }
+        }
+    }
+    let mut sum = Sum(grads, GradientsParams::new());
+    model.visit(&mut sum);
+    sum.1
+}
+
 fn vit_train(steps: usize) {
     if checkpointing() {
         vit_train_on::<CheckpointedTrainBackend>(steps)
@@ -187,16 +276,26 @@ fn vit_train_on<B: AutodiffBackend<Device = burn::tensor::Device<Selected>>>(ste
     let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [batch]), &device);
     let mut last_loss = 0.0;
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let workers = workers(batch);
+    let share = batch / workers;
     let (seconds, cores) = timed(steps, || {
-        let logits = model.forward(images.clone());
-        let loss = loss_fn.forward(logits, labels.clone());
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let parts: Vec<_> = (0..workers)
+            .map(|k| {
+                (
+                    images.clone().narrow(0, k * share, share),
+                    labels.clone().narrow(0, k * share, share),
+                )
+            })
+            .collect();
+        let (loss, grads) = step_grads(&model, parts, &device, |model, (images, labels)| {
+            loss_fn.forward(model.forward(images), labels)
+        });
         model = optimizer.step(1e-3, model.clone(), grads);
         // One read-back per step, as a training loop logging its loss would do.
         last_loss = loss.into_scalar().elem::<f64>();
     });
     let extra = format!(
-        "{}, \"batch\": {batch}, \"last_loss\": {last_loss:.6}",
+        "{}, \"batch\": {batch}, \"workers\": {workers}, \"last_loss\": {last_loss:.6}",
         scale_fields()
     );
     report("vit-train", batch as f64 / seconds, "img/s", cores, &extra);
@@ -267,13 +366,23 @@ fn lm_train_on<B: AutodiffBackend<Device = burn::tensor::Device<Selected>>>(step
     let targets = ids.narrow(1, 1, LM_TOKENS).reshape([LM_BATCH * LM_TOKENS]);
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let mut last_loss = 0.0;
+    let workers = workers(LM_BATCH);
+    let share = LM_BATCH / workers;
     let (seconds, cores) = timed(steps, || {
-        let logits = model.forward(inputs.clone(), None);
-        let loss = loss_fn.forward(
-            logits.reshape([LM_BATCH * LM_TOKENS, vocab]),
-            targets.clone(),
-        );
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let parts: Vec<_> = (0..workers)
+            .map(|k| {
+                (
+                    inputs.clone().narrow(0, k * share, share),
+                    targets
+                        .clone()
+                        .narrow(0, k * share * LM_TOKENS, share * LM_TOKENS),
+                )
+            })
+            .collect();
+        let (loss, grads) = step_grads(&model, parts, &device, |model, (inputs, targets)| {
+            let logits = model.forward(inputs, None);
+            loss_fn.forward(logits.reshape([share * LM_TOKENS, vocab]), targets)
+        });
         model = optimizer.step(3e-4, model.clone(), grads);
         last_loss = loss.into_scalar().elem::<f64>();
     });
@@ -283,7 +392,7 @@ fn lm_train_on<B: AutodiffBackend<Device = burn::tensor::Device<Selected>>>(step
         "seq/s",
         cores,
         &format!(
-            ", \"tokens_per_s\": {:.1}{}, \"last_loss\": {last_loss:.6}",
+            ", \"tokens_per_s\": {:.1}{}, \"workers\": {workers}, \"last_loss\": {last_loss:.6}",
             (LM_BATCH * LM_TOKENS) as f64 / seconds,
             scale_fields()
         ),

@@ -109,19 +109,34 @@ pub const KIND: DeviceKind = if cfg!(feature = "cuda") {
     DeviceKind::Cpu
 };
 
-/// The devices a `--devices` spec names, on the selected backend.
+/// The devices a `--devices` spec names, on the selected backend, for a run whose steps take
+/// `batch_size` examples.
 ///
-/// One device is the backend's default device. On a GPU backend, `cuda:0,1` / `wgpu:0,1` (or
-/// a count, `2`) name GPUs by index (for wgpu, the discrete GPUs in the order wgpu lists
-/// them). On a CPU backend there is one device; `cpu:2` (or `2`) runs two data-parallel
-/// workers on it, which computes the same result as one (the backends already use every
-/// core, so this is for testing the multi-device path, not for speed).
+/// [`DeviceSpec::auto`] (the default) is the backend's default device on a GPU backend, and on
+/// a CPU backend [`crate::train::parallel::cpu_workers`] data-parallel workers (one per core
+/// this process may use, dividing the batch), which compute the same result as one and keep
+/// the cores busier (see [`crate::train::parallel`]). One device is the backend's default
+/// device. On a GPU backend, `cuda:0,1` / `wgpu:0,1` (or a count, `2`) name GPUs by index (for
+/// wgpu, the discrete GPUs in the order wgpu lists them). On a CPU backend there is one device;
+/// `cpu:2` (or `2`) runs two workers on it.
 ///
 /// # Errors
 /// A kind the binary was not built for (naming the cargo feature that would be), or a GPU index
 /// beyond the devices present.
-pub fn devices(spec: &DeviceSpec) -> crate::Result<Vec<burn::tensor::Device<Selected>>> {
+pub fn devices(
+    spec: &DeviceSpec,
+    batch_size: usize,
+) -> crate::Result<Vec<burn::tensor::Device<Selected>>> {
     use burn::tensor::backend::{Backend, Device as _};
+    if spec.is_auto() {
+        let workers = if KIND == DeviceKind::Cpu {
+            let cores = std::thread::available_parallelism().map_or(1, usize::from);
+            crate::train::parallel::cpu_workers(batch_size, cores)
+        } else {
+            1
+        };
+        return devices(&DeviceSpec::count(workers), batch_size);
+    }
     if let Some(kind) = spec.kind
         && kind != KIND
     {
@@ -158,6 +173,21 @@ pub fn devices(spec: &DeviceSpec) -> crate::Result<Vec<burn::tensor::Device<Sele
         }
     }
     Ok(made)
+}
+
+/// One line saying where a run of `batch_size`-example steps trains on `devices` devices of the
+/// selected backend, for the job's log: `training on 2 CPU workers, 16 examples each per step`.
+pub fn describe_devices(devices: usize, batch_size: usize) -> String {
+    let what = match (KIND, devices) {
+        (DeviceKind::Cpu, 1) => return format!("training on the CPU ({NAME}), one worker"),
+        (DeviceKind::Cpu, n) => format!("{n} CPU workers ({NAME})"),
+        (_, 1) => return format!("training on one {} device", KIND.name()),
+        (kind, n) => format!("{n} {} devices", kind.name()),
+    };
+    format!(
+        "training on {what}, {} examples each per step",
+        batch_size / devices.max(1)
+    )
 }
 
 /// Device `index` of the selected backend (the CPU for every index on CPU backends).

@@ -275,10 +275,11 @@ pub struct TrainImageArgs {
 /// Where and how a training run computes (`train image` and `train lm`).
 #[derive(Args, Debug, Clone)]
 pub struct ExecutionArgs {
-    /// Train data-parallel on several devices: a count (`2`), or `cuda:0,1`, `wgpu:0,1`
-    /// (GPUs by index), `cpu:2` (workers sharing the CPU; for testing). Each device takes
-    /// batch-size / devices examples per step, so the run computes what one device would.
-    #[arg(long, default_value = "1", value_parser = values::devices)]
+    /// Train data-parallel on several devices: `auto` (one GPU; on the CPU one worker per core,
+    /// up to 2, dividing the batch), a count (`2`), or `cuda:0,1`, `wgpu:0,1` (GPUs by index),
+    /// `cpu:2` (workers sharing the CPU). Each device takes batch-size / devices examples per
+    /// step, so the run computes what one device would.
+    #[arg(long, default_value = "auto", value_parser = values::devices)]
     pub devices: train::DeviceSpec,
     /// Gradient checkpointing: recompute element-wise activations in the backward pass
     /// instead of keeping them (less memory, more compute; same gradients).
@@ -291,7 +292,7 @@ pub struct ExecutionArgs {
 }
 
 impl Default for ExecutionArgs {
-    /// One device, no checkpointing, f32.
+    /// `--devices auto`, no checkpointing, f32.
     fn default() -> Self {
         Self {
             devices: train::DeviceSpec::default(),
@@ -478,8 +479,12 @@ pub fn train_image_run(args: TrainImageArgs) -> Result<TrainImageOutcome> {
 /// Invalid options, unusable data or model, a refused run directory, or a diverging run.
 pub fn train_image_job(job: &ImageJob) -> Result<TrainImageOutcome> {
     let mut config = job.config.clone().check()?;
-    let devices = backend::devices(&job.devices)?;
+    let devices = backend::devices(&job.devices, config.batch_size)?;
     train::parallel::per_device_batch(config.batch_size, devices.len())?;
+    println!(
+        "{}",
+        backend::describe_devices(devices.len(), config.batch_size)
+    );
     let data = read_dataset(&job.data_dir)?;
     println!(
         "{:?} dataset at {}: {} classes, {} train / {} test images ({} + {} unreadable, skipped)",

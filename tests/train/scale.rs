@@ -90,7 +90,7 @@ fn two_devices_of_the_selected_backend_train_what_one_device_trains() {
         .unwrap_or_else(|_| "2".into())
         .parse()
         .unwrap();
-    let devices = peanut_train::backend::devices(&spec)
+    let devices = peanut_train::backend::devices(&spec, 4)
         .unwrap_or_else(|e| panic!("{e} (set PEANUT_TEST_DEVICES to two devices)"));
     let two: [_; 2] = devices
         .try_into()
@@ -134,7 +134,7 @@ fn a_batch_the_devices_cannot_share_is_refused_before_anything_is_written() {
 #[test]
 fn device_specs_of_another_backend_are_refused_with_the_feature_to_build() {
     use peanut_train::backend::{self, DeviceKind};
-    let devices = |spec: &str| backend::devices(&spec.parse().unwrap());
+    let devices = |spec: &str| backend::devices(&spec.parse().unwrap(), 8);
     for (spec, kind, feature) in [
         ("cuda:0,1", DeviceKind::Cuda, "cuda"),
         ("wgpu:0,1", DeviceKind::Wgpu, "wgpu"),
@@ -150,10 +150,21 @@ fn device_specs_of_another_backend_are_refused_with_the_feature_to_build() {
         // Two workers on the one CPU.
         assert_eq!(devices("cpu:2").unwrap().len(), 2);
     }
-    assert_eq!(
-        peanut_train::backend::devices(&DeviceSpec::default())
+    // `auto` (the default): one GPU, or on the CPU one worker per core that divides the batch.
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    for batch in [1, 6, 32] {
+        let auto = backend::devices(&DeviceSpec::default(), batch)
             .unwrap()
-            .len(),
+            .len();
+        let expected = match backend::KIND {
+            DeviceKind::Cpu => peanut_train::train::parallel::cpu_workers(batch, cores),
+            _ => 1,
+        };
+        assert_eq!(auto, expected, "batch {batch}");
+        assert!(batch % auto == 0);
+    }
+    assert_eq!(
+        backend::devices(&DeviceSpec::count(1), 32).unwrap().len(),
         1
     );
 }

@@ -71,7 +71,7 @@ pub fn precision(text: &str) -> Result<peanut::Precision, String> {
         .ok_or_else(|| format!("`{text}` is not a precision: use f32, f16 or bf16"))
 }
 
-/// A `--devices` value: a count (`2`) or a list (`cuda:0,1`, `wgpu:0,1`, `cpu:2`).
+/// A `--devices` value: `auto`, a count (`2`) or a list (`cuda:0,1`, `wgpu:0,1`, `cpu:2`).
 pub fn devices(text: &str) -> Result<crate::train::DeviceSpec, String> {
     text.parse()
 }

@@ -268,6 +268,10 @@ pub fn prepare_lm<B: AutodiffBackend>(
 /// otherwise; loss, next-token accuracy on responses, learning rate and tokens/s. Checkpoints
 /// every epoch in `run.dir/checkpoint`; with `run.resume`, continues after the last one.
 ///
+/// This trains on one device, on one thread of work. On a CPU backend, [`train_lm_on`] with
+/// `backend::devices(&DeviceSpec::auto(), batch_size)` trains as the CLI does by default, with
+/// data-parallel workers that keep more cores busy (see [`super::parallel`]).
+///
 /// # Errors
 /// Bad options, nothing to resume, or a non-finite loss (the last good checkpoint is left in
 /// place).
