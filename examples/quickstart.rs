@@ -5,7 +5,7 @@
 //! trainable budget) and the head alone, and the three test accuracies are printed side by side.
 //!
 //! ```text
-//! cargo run --example quickstart                 # ndarray (CPU)
+//! cargo run --example quickstart                 # the CPU (flex), two training workers
 //! cargo run --example quickstart --features wgpu # GPU
 //! ```
 //!
@@ -21,7 +21,7 @@ use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::Backend;
 use peanut::{AdaptedLinear, Precision};
 use peanut_models::{Vit, VitConfig};
-use peanut_train::backend::{self, Selected, TrainBackend};
+use peanut_train::backend::{self, DeviceSpec, Selected, TrainBackend};
 use peanut_train::data::{ImageDataset, Normalization, digits};
 use peanut_train::schedule::Decay;
 use peanut_train::train::{self, AdapterOptions, ImageTrainConfig, Method, RunOptions};
@@ -61,6 +61,19 @@ fn base_config(method: Method) -> ImageTrainConfig {
         normalization: NORMALIZATION,
         precision: Precision::F32,
     }
+}
+
+/// Where a run trains: as `peanut train` does by default (`--devices auto`), which on the CPU is
+/// one data-parallel worker per core (see `peanut_train::train::parallel`).
+fn workers(
+    config: &ImageTrainConfig,
+) -> Result<Vec<burn::tensor::Device<Selected>>, Box<dyn std::error::Error>> {
+    let devices = backend::devices(&DeviceSpec::auto(), config.batch_size)?;
+    println!(
+        "{}",
+        backend::describe_devices(devices.len(), config.batch_size)
+    );
+    Ok(devices)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -104,7 +117,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..RunOptions::new(dir.join("pretrain"))
         };
         let _ = std::fs::remove_dir_all(&run.dir);
-        let trained = train::train_image(model, &data, &config, &run, &device)?;
+        let trained = train::train_image_on(model, &data, &config, &run, &workers(&config)?)?;
         let report = train::evaluate(&trained.model, &data.test, 8, NORMALIZATION, 256, &device);
         println!(
             "pre-trained: {:.1}% on held-out digits 0-4",
@@ -124,7 +137,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..RunOptions::new(dir.join(format!("finetune-{}", method.name())))
         };
         let _ = std::fs::remove_dir_all(&run.dir);
-        let trained = train::train_image(model, &data, &config, &run, &device)?;
+        let trained = train::train_image_on(model, &data, &config, &run, &workers(&config)?)?;
         let report = train::evaluate(&trained.model, &data.test, 8, NORMALIZATION, 256, &device);
         train::export(&trained.model, &run.dir.join("export"), None)?;
         rows.push((method, trained.trainable_params, report));

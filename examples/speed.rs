@@ -4,6 +4,7 @@
 //!
 //! ```sh
 //! cargo run --release --example speed -- vit-train      # or lm-train, generate, generate-batch, vit-infer
+//! cargo run --release --example speed -- save-vit DIR   # the ViT-S as a transformers checkpoint
 //! ```
 //!
 //! Models are randomly initialised at real shapes (no download). `PEANUT_SPEED_SIZE=small` (the
@@ -512,21 +513,39 @@ fn generate_batch(repeats: usize) {
     );
 }
 
+/// `save-vit DIR`: writes the random-initialised ViT of the training workload to `DIR` as a
+/// transformers checkpoint (`benches/cli-workers.sh` trains it with `peanut train image`).
+fn save_vit() {
+    let Some(dir) = std::env::args().nth(2) else {
+        eprintln!("usage: speed save-vit DIR");
+        std::process::exit(2);
+    };
+    let model: Vit<Selected> = vit_config()
+        .init_in(0, &backend::device(), Precision::F32)
+        .expect("valid config");
+    if let Err(err) = model.save_merged(std::path::Path::new(&dir)) {
+        eprintln!("cannot write {dir}: {err}");
+        std::process::exit(1);
+    }
+}
+
 fn main() {
     backend::tune_allocator();
     let workload = std::env::args().nth(1).unwrap_or_default();
     // Optional second argument: timed steps (repeats for `generate`), after one warm-up.
     let steps: Option<usize> = std::env::args().nth(2).and_then(|s| s.parse().ok());
+    // `save-vit DIR` takes a directory, not a step count.
     match workload.as_str() {
         "vit-train" => vit_train(steps.unwrap_or(4).max(1)),
         "vit-infer" => vit_infer(steps.unwrap_or(4).max(1)),
+        "save-vit" => save_vit(),
         "lm-train" => lm_train(steps.unwrap_or(3).max(1)),
         "generate" => generate(steps.unwrap_or(2).max(1)),
         "generate-batch" => generate_batch(steps.unwrap_or(1).max(1)),
         other => {
             eprintln!(
                 "unknown workload `{other}`: expected vit-train, vit-infer, lm-train, generate \
-                 or generate-batch [steps]"
+                 or generate-batch [steps], or save-vit DIR"
             );
             std::process::exit(2);
         }
