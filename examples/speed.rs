@@ -461,8 +461,9 @@ fn batch_prompt_lengths() -> Vec<usize> {
 }
 
 /// `eval lm`'s generation: `BATCH_PROMPTS` prompts of different lengths, greedy, `NEW_TOKENS`
-/// each, in one left-padded batch (`Llama::generate_batch`); and, for reference, the same
-/// prompts one at a time (`Llama::generate`).
+/// each, in left-padded batches (`Llama::generate_batch`) generated side by side by `eval lm`'s
+/// workers (`backend::workers()`, or `PEANUT_SPEED_WORKERS`; on 2 cores: two batches of 4); and,
+/// for reference, the same prompts one at a time (`Llama::generate`).
 fn generate_batch(repeats: usize) {
     let device = backend::device();
     let config = lm_config();
@@ -488,13 +489,30 @@ fn generate_batch(repeats: usize) {
         .map(|len| ids[PROMPT_TOKENS - len..].to_vec())
         .collect();
     let generation = GenerationConfig::greedy(NEW_TOKENS);
-    let _ = model.generate_batch(&prompts, &generation);
+    let workers = std::env::var("PEANUT_SPEED_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(backend::workers)
+        .clamp(1, BATCH_PROMPTS);
+    // As `eval lm` runs its batches (peanut_train::train::lm::evaluate_lm).
+    let generate_all = || -> Vec<Vec<u32>> {
+        let (model, generation) = (&model, &generation);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = prompts
+                .chunks(BATCH_PROMPTS.div_ceil(workers))
+                .map(|batch| scope.spawn(move || model.generate_batch(batch, generation)))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|handle| handle.join().expect("no panic").expect("valid prompts"))
+                .collect()
+        })
+    };
+    let _ = generate_all();
     let (wall, cpu) = (Instant::now(), cpu_seconds());
     for _ in 0..repeats {
-        let out = model
-            .generate_batch(&prompts, &generation)
-            .expect("valid prompts");
-        assert!(out.iter().all(|tokens| tokens.len() == NEW_TOKENS));
+        let out = generate_all();
+        assert!(out.len() == BATCH_PROMPTS && out.iter().all(|t| t.len() == NEW_TOKENS));
     }
     let seconds = wall.elapsed().as_secs_f64();
     let cores = (cpu_seconds() - cpu) / seconds;
@@ -509,7 +527,10 @@ fn generate_batch(repeats: usize) {
         batched,
         "tok/s",
         cores,
-        &format!(", \"prompts\": {BATCH_PROMPTS}, \"one_at_a_time_tok_s\": {alone:.2}"),
+        &format!(
+            ", \"prompts\": {BATCH_PROMPTS}, \"workers\": {workers}, \"one_at_a_time_tok_s\": \
+             {alone:.2}"
+        ),
     );
 }
 

@@ -175,6 +175,18 @@ pub fn devices(
     Ok(made)
 }
 
+/// How many threads of work inference runs side by side (`eval lm`'s batches): on a CPU backend
+/// one per core this process may use, at most
+/// [`MAX_CPU_WORKERS`](crate::train::parallel::MAX_CPU_WORKERS); 1 on a GPU backend.
+pub fn workers() -> usize {
+    if KIND == DeviceKind::Cpu {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        cores.min(crate::train::parallel::MAX_CPU_WORKERS)
+    } else {
+        1
+    }
+}
+
 /// One line saying where a run of `batch_size`-example steps trains on `devices` devices of the
 /// selected backend, for the job's log: `training on 2 CPU workers, 16 examples each per step`.
 pub fn describe_devices(devices: usize, batch_size: usize) -> String {

@@ -431,6 +431,7 @@ fn eval_lm_scores_extracted_answers_of_generations() {
         Task::Boolq,
         &GenerationConfig::greedy(3),
         3,
+        1,
         &test_file,
         |p| {
             seen.push(p.clone());
@@ -911,6 +912,61 @@ fn an_lm_job_built_in_rust_equals_the_command_lines() {
     let read =
         |dir: &Path| std::fs::read(dir.join("export/peft/adapter_model.safetensors")).unwrap();
     assert_eq!(read(&root.join("rust")), read(&out), "same run, same bytes");
+}
+
+/// `evaluate_lm` with batches generated side by side on threads makes the predictions of one
+/// prompt at a time, in file order, whatever the batch and worker counts.
+#[test]
+fn eval_lm_workers_predict_what_one_prompt_at_a_time_predicts() {
+    let root = temp_dir("lm-eval-workers");
+    let model_dir = write_model(&root.join("model"), 11);
+    let (model, tokenizer) = (load(&model_dir), tokenizer(&model_dir));
+    // Questions of different lengths, so that batches are padded.
+    let set: Vec<Instruction> = (0..7)
+        .map(|i| {
+            let question = [
+                "water wet",
+                "fire cold",
+                "ice hot",
+                "snow white grass green",
+            ][i % 4];
+            example(question, if i % 2 == 0 { "true" } else { "false" })
+        })
+        .collect();
+    let path = root.join("boolq/test.json");
+    let run = |batch: usize, workers: usize| {
+        let mut seen = Vec::new();
+        let report = lm::evaluate_lm(
+            &model,
+            &tokenizer,
+            &set,
+            Task::Boolq,
+            &GenerationConfig::greedy(4),
+            batch,
+            workers,
+            &path,
+            |p| {
+                seen.push((p.index, p.response.clone(), p.correct));
+                Ok(())
+            },
+        )
+        .unwrap();
+        (report.correct, seen)
+    };
+    let alone = run(1, 1);
+    assert_eq!(
+        alone.1.iter().map(|p| p.0).collect::<Vec<_>>(),
+        (0..7).collect::<Vec<_>>()
+    );
+    // A random model answers differently to different prompts: the comparison can fail.
+    assert!(alone.1.iter().any(|p| p.1 != alone.1[0].1), "{alone:?}");
+    for (batch, workers) in [(1, 2), (2, 2), (3, 2), (2, 3), (8, 2)] {
+        assert_eq!(
+            run(batch, workers),
+            alone,
+            "batch {batch}, {workers} workers"
+        );
+    }
 }
 
 /// Prompts of different lengths generated in one left-padded batch give exactly what each gets

@@ -240,6 +240,11 @@ pub struct EvalLmArgs {
     /// the prompt gets alone). On a CPU, 8 answer about 4× as many prompts per second as 1.
     #[arg(long, default_value_t = 8, value_parser = values::at_least_one)]
     pub batch_size: usize,
+    /// Batches generated side by side, each on its own thread. By default one per core (at
+    /// most 2) on the CPU, where a batch's matrix-vector products run on one core, and 1 on a
+    /// GPU.
+    #[arg(long, value_parser = values::at_least_one)]
+    pub workers: Option<usize>,
     /// Write every prediction (question, answer, response, extracted answer, correct) as
     /// JSON lines to this file.
     #[arg(long)]
@@ -428,6 +433,7 @@ pub fn eval_lm(args: EvalLmArgs) -> Result<LmEvalReport> {
         task,
         &generation,
         args.batch_size,
+        args.workers.unwrap_or_else(backend::workers),
         &args.data,
         |prediction| {
             correct += usize::from(prediction.correct);

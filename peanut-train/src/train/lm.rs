@@ -414,7 +414,10 @@ pub struct LmEvalReport {
 /// does: the instruction prompt, generation, the first answer of the task's format in the
 /// response (see [`Task::extract_answer`]) compared with the example's `answer`. Prompts are
 /// generated `batch_size` at a time ([`Llama::generate_batch`]: left-padded, each answer the
-/// one it gets alone). Each prediction goes to `on_prediction` as it is made, in file order.
+/// one it gets alone), and `workers` such batches side by side on as many threads (on a CPU
+/// backend, [`crate::backend::workers`]: its matrix-vector products run on one thread each, and
+/// one core does not use the memory bandwidth up; 1 on a GPU). Each prediction goes to
+/// `on_prediction` in file order.
 ///
 /// # Errors
 /// An example without `answer` (naming `path` and its index), generation or tokenizer errors,
@@ -427,13 +430,15 @@ pub fn evaluate_lm<B: Backend>(
     task: Task,
     generation: &GenerationConfig,
     batch_size: usize,
+    workers: usize,
     path: &Path,
     mut on_prediction: impl FnMut(&Prediction) -> Result<()>,
 ) -> Result<LmEvalReport> {
     let mut correct = 0;
     let batch_size = batch_size.max(1);
-    for (chunk_index, chunk) in examples.chunks(batch_size).enumerate() {
-        let first = chunk_index * batch_size;
+    let group = batch_size * workers.max(1);
+    for (chunk_index, chunk) in examples.chunks(group).enumerate() {
+        let first = chunk_index * group;
         let mut answers = Vec::with_capacity(chunk.len());
         let mut prompts = Vec::with_capacity(chunk.len());
         for (offset, example) in chunk.iter().enumerate() {
@@ -449,7 +454,21 @@ pub fn evaluate_lm<B: Backend>(
             answers.push(answer);
             prompts.push(encode(tokenizer, &instruct::prompt(example))?);
         }
-        let outputs = model.generate_batch(&prompts, generation)?;
+        let outputs = if prompts.len() <= batch_size {
+            model.generate_batch(&prompts, generation)?
+        } else {
+            let batches: Vec<Vec<Vec<u32>>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = prompts
+                    .chunks(batch_size)
+                    .map(|batch| scope.spawn(move || model.generate_batch(batch, generation)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|handle| handle.join().expect("a generation thread panicked"))
+                    .collect::<std::result::Result<_, _>>()
+            })?;
+            batches.into_iter().flatten().collect()
+        };
         for (offset, (example, generated)) in chunk.iter().zip(outputs).enumerate() {
             let response = tokenizer.decode(&generated, true)?;
             let answer = answers[offset];
