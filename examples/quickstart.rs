@@ -68,12 +68,10 @@ fn base_config(method: Method) -> ImageTrainConfig {
 fn workers(
     config: &ImageTrainConfig,
 ) -> Result<Vec<burn::tensor::Device<Selected>>, Box<dyn std::error::Error>> {
-    let devices = backend::devices(&DeviceSpec::auto(), config.batch_size)?;
-    println!(
-        "{}",
-        backend::describe_devices(devices.len(), config.batch_size)
-    );
-    Ok(devices)
+    Ok(backend::training_devices(
+        &DeviceSpec::auto(),
+        config.batch_size,
+    )?)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -27,9 +27,9 @@
 
 use std::time::Instant;
 
-use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::module::AutodiffModule;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
@@ -160,12 +160,17 @@ fn scale_fields() -> String {
     )
 }
 
-/// Data-parallel workers of the training workloads for a batch of `batch`:
-/// `PEANUT_SPEED_WORKERS`, or what `peanut train --devices auto` (the default) picks.
-fn workers(batch: usize) -> usize {
+/// `PEANUT_SPEED_WORKERS`, when set to a count.
+fn workers_asked() -> Option<usize> {
     std::env::var("PEANUT_SPEED_WORKERS")
         .ok()
         .and_then(|v| v.parse().ok())
+}
+
+/// Data-parallel workers of the training workloads for a batch of `batch`:
+/// `PEANUT_SPEED_WORKERS`, or what `peanut train --devices auto` (the default) picks.
+fn workers(batch: usize) -> usize {
+    workers_asked()
         .filter(|&n: &usize| n >= 1 && batch.is_multiple_of(n))
         .unwrap_or_else(|| {
             backend::devices(&DeviceSpec::auto(), batch)
@@ -216,31 +221,14 @@ where
             .map(|handle| handle.join().expect("a worker panicked"))
             .collect()
     });
-    let (losses, grads): (Vec<_>, Vec<_>) = results.into_iter().unzip();
-    (Tensor::cat(losses, 0).sum(), sum_grads(model, grads))
-}
-
-/// The sum, parameter by parameter, of the workers' gradients of `model`'s parameters.
-fn sum_grads<B: AutodiffBackend, M: Module<B>>(
-    model: &M,
-    grads: Vec<GradientsParams>,
-) -> GradientsParams {
-    struct Sum(Vec<GradientsParams>, GradientsParams);
-    impl<B: AutodiffBackend> ModuleVisitor<B> for Sum {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            let total = self
-                .0
-                .iter_mut()
-                .filter_map(|grads| grads.remove::<B::InnerBackend, D>(param.id))
-                .reduce(|a, b| a + b);
-            if let Some(total) = total {
-                self.1.register::<B::InnerBackend, D>(param.id, total);
-            }
-        }
+    // Summed as burn's multi-device strategy sums them.
+    let mut sum = GradientsAccumulator::new();
+    let mut losses = Vec::with_capacity(n);
+    for (loss, grads) in results {
+        sum.accumulate(model, grads);
+        losses.push(loss);
     }
-    let mut sum = Sum(grads, GradientsParams::new());
-    model.visit(&mut sum);
-    sum.1
+    (Tensor::cat(losses, 0).sum(), sum.grads())
 }
 
 fn vit_train(steps: usize) {
@@ -489,9 +477,7 @@ fn generate_batch(repeats: usize) {
         .map(|len| ids[PROMPT_TOKENS - len..].to_vec())
         .collect();
     let generation = GenerationConfig::greedy(NEW_TOKENS);
-    let workers = std::env::var("PEANUT_SPEED_WORKERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
+    let workers = workers_asked()
         .unwrap_or_else(backend::workers)
         .clamp(1, BATCH_PROMPTS);
     // As `eval lm` runs its batches (peanut_train::train::lm::evaluate_lm).

@@ -139,13 +139,9 @@ pub fn devices(
 ) -> crate::Result<Vec<burn::tensor::Device<Selected>>> {
     use burn::tensor::backend::{Backend, Device as _};
     if spec.is_auto() {
-        let workers = if KIND == DeviceKind::Cpu {
-            let cores = std::thread::available_parallelism().map_or(1, usize::from);
-            crate::train::parallel::cpu_workers(batch_size, cores)
-        } else {
-            1
-        };
-        return devices(&DeviceSpec::count(workers), batch_size);
+        // `workers()` is 1 on a GPU backend, and `cpu_workers` never exceeds it.
+        let count = crate::train::parallel::cpu_workers(batch_size, workers());
+        return devices(&DeviceSpec::count(count), batch_size);
     }
     if let Some(kind) = spec.kind
         && kind != KIND
@@ -195,6 +191,23 @@ pub fn workers() -> usize {
     } else {
         1
     }
+}
+
+/// The devices a training job runs on: `spec` resolved for steps of `batch_size` examples
+/// ([`devices`]), checked to share the batch evenly
+/// ([`crate::train::parallel::per_device_batch`]), and said on stdout
+/// ([`describe_devices`]).
+///
+/// # Errors
+/// As [`devices`], or a batch the devices cannot share.
+pub fn training_devices(
+    spec: &DeviceSpec,
+    batch_size: usize,
+) -> crate::Result<Vec<burn::tensor::Device<Selected>>> {
+    let devices = devices(spec, batch_size)?;
+    crate::train::parallel::per_device_batch(batch_size, devices.len())?;
+    println!("{}", describe_devices(devices.len(), batch_size));
+    Ok(devices)
 }
 
 /// One line saying where a run of `batch_size`-example steps trains on `devices` devices of the

@@ -479,12 +479,7 @@ pub fn train_image_run(args: TrainImageArgs) -> Result<TrainImageOutcome> {
 /// Invalid options, unusable data or model, a refused run directory, or a diverging run.
 pub fn train_image_job(job: &ImageJob) -> Result<TrainImageOutcome> {
     let mut config = job.config.clone().check()?;
-    let devices = backend::devices(&job.devices, config.batch_size)?;
-    train::parallel::per_device_batch(config.batch_size, devices.len())?;
-    println!(
-        "{}",
-        backend::describe_devices(devices.len(), config.batch_size)
-    );
+    let devices = backend::training_devices(&job.devices, config.batch_size)?;
     let data = read_dataset(&job.data_dir)?;
     println!(
         "{:?} dataset at {}: {} classes, {} train / {} test images ({} + {} unreadable, skipped)",

@@ -331,12 +331,7 @@ pub fn train_lm(args: TrainLmArgs) -> Result<()> {
 /// Invalid options, unusable data or model, a refused run directory, or a diverging run.
 pub fn train_lm_job(job: &LmJob) -> Result<()> {
     let config = &job.config.clone().check()?;
-    let devices = backend::devices(&job.devices, config.batch_size)?;
-    train::parallel::per_device_batch(config.batch_size, devices.len())?;
-    println!(
-        "{}",
-        backend::describe_devices(devices.len(), config.batch_size)
-    );
+    let devices = backend::training_devices(&job.devices, config.batch_size)?;
     let model_dir = resolve_model_dir(&job.model, MODEL_HINT)?;
     let tokenizer = load_tokenizer(&model_dir)?;
     // The training backend is a type: gradient checkpointing picks the other one.

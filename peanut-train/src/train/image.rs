@@ -198,10 +198,6 @@ pub fn prepare_model<B: AutodiffBackend>(
 /// otherwise. Checkpoints every epoch in `run.dir/checkpoint`; with `run.resume`, continues
 /// after the last one.
 ///
-/// This trains on one device, one thread of work. On a CPU backend [`train_image_on`] with
-/// `backend::devices(&DeviceSpec::auto(), batch_size)` trains as the CLI does by default, with
-/// data-parallel workers that keep more cores busy (see [`super::parallel`]).
-///
 /// This trains on one device, on one thread of work. On a CPU backend, [`train_image_on`] with
 /// `backend::devices(&DeviceSpec::auto(), batch_size)` trains as the CLI does by default, with
 /// data-parallel workers that keep more cores busy (see [`super::parallel`]).
