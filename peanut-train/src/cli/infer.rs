@@ -751,12 +751,15 @@ const LM_SIDE_FILES: [&str; 4] = [
 
 /// `peanut merge`: the base model with the export's adapters (and head) merged, written as a
 /// transformers checkpoint — a ViT with its `preprocessor_config.json` and `id2label` from
-/// `labels.json`; a LLaMA-style model with its tokenizer files. Every file is replaced
-/// atomically.
+/// `labels.json`; a LLaMA-style model with its tokenizer files. The checkpoint is written
+/// beside `--output` first and then takes its place
+/// ([`export_atomically`](crate::train::export_atomically)): a merge killed at any
+/// instant leaves the earlier `--output` (or none), never a mix of two merges.
 ///
 /// # Errors
-/// Unreadable inputs, `--output` equal to the base model directory, or a non-finite merged
-/// weight (nothing is written; the error names the tensor).
+/// Unreadable inputs, `--output` equal to the base model directory, an `--output` holding files
+/// a merge does not write, or a non-finite merged weight (nothing is written; the error names
+/// the tensor).
 pub fn merge(args: MergeArgs) -> Result<()> {
     let dir = resolve_model_dir(&args.model, MODEL_HINT)?;
     if args.output.canonicalize().ok() == dir.canonicalize().ok() {
@@ -768,33 +771,81 @@ pub fn merge(args: MergeArgs) -> Result<()> {
             ),
         });
     }
-    match ModelFamily::of_model_dir(&dir)? {
-        ModelFamily::Vit => {
-            let mut inference = Inference::load(&dir, Some(&args.adapter), &args.processor)?;
-            inference.model.merge_adapters();
-            inference.model.save_merged(&args.output)?;
-            let json = serde_json::to_vec_pretty(&inference.processor.to_hf_json())
-                .expect("processor config serializes");
-            peanut_models::checkpoint::write_atomic(&args.output.join(PREPROCESSOR_FILE), &json)?;
-        }
-        ModelFamily::Llama => {
-            let device = backend::device();
-            let mut llama = Llama::<Selected>::from_pretrained(&dir, &device)?;
-            let export = Export::read(&args.adapter, &LlamaPeftPaths)?;
-            export.apply(&mut llama)?;
-            llama.merge_adapters();
-            llama.save_merged(&args.output)?;
-            for name in LM_SIDE_FILES {
-                let from = dir.join(name);
-                if from.is_file() {
-                    let bytes = std::fs::read(&from)
-                        .map_err(|e| TrainError::io("cannot read", &from, e))?;
-                    peanut_models::checkpoint::write_atomic(&args.output.join(name), &bytes)?;
+    check_merge_output(&args.output)?;
+    let family = ModelFamily::of_model_dir(&dir)?;
+    crate::train::export_atomically(&args.output, |staging| {
+        match family {
+            ModelFamily::Vit => {
+                let mut inference = Inference::load(&dir, Some(&args.adapter), &args.processor)?;
+                inference.model.merge_adapters();
+                inference.model.save_merged(staging)?;
+                let json = serde_json::to_vec_pretty(&inference.processor.to_hf_json())
+                    .expect("processor config serializes");
+                peanut_models::checkpoint::write_atomic(&staging.join(PREPROCESSOR_FILE), &json)?;
+            }
+            ModelFamily::Llama => {
+                let device = backend::device();
+                let mut llama = Llama::<Selected>::from_pretrained(&dir, &device)?;
+                let export = Export::read(&args.adapter, &LlamaPeftPaths)?;
+                export.apply(&mut llama)?;
+                llama.merge_adapters();
+                llama.save_merged(staging)?;
+                for name in LM_SIDE_FILES {
+                    let from = dir.join(name);
+                    if from.is_file() {
+                        let bytes = std::fs::read(&from)
+                            .map_err(|e| TrainError::io("cannot read", &from, e))?;
+                        peanut_models::checkpoint::write_atomic(&staging.join(name), &bytes)?;
+                    }
                 }
             }
         }
-    }
+        Ok(Vec::new())
+    })?;
     println!("wrote {}", args.output.display());
+    Ok(())
+}
+
+/// The files `peanut merge` writes into its `--output`.
+const MERGE_FILES: [&str; 7] = [
+    peanut_models::checkpoint::WEIGHTS_FILE,
+    "config.json",
+    PREPROCESSOR_FILE,
+    LM_SIDE_FILES[0],
+    LM_SIDE_FILES[1],
+    LM_SIDE_FILES[2],
+    LM_SIDE_FILES[3],
+];
+
+/// Refuses an existing `--output` that holds anything a merge does not write (a dataset, a run
+/// directory, another model's shards): replacing it would delete those files.
+fn check_merge_output(output: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(output) else {
+        if output.exists() && !output.is_dir() {
+            return Err(TrainError::InvalidOption {
+                option: "--output",
+                reason: format!("`{}` is a file, not a directory", output.display()),
+            });
+        }
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let known = name
+            .to_str()
+            .is_some_and(|n| MERGE_FILES.contains(&n) && entry.path().is_file());
+        if !known {
+            return Err(TrainError::InvalidOption {
+                option: "--output",
+                reason: format!(
+                    "`{}` holds `{}`, which a merge does not write: a merge replaces the whole \
+                     directory, so name a new or empty directory (or one an earlier merge wrote)",
+                    output.display(),
+                    name.to_string_lossy()
+                ),
+            });
+        }
+    }
     Ok(())
 }
 

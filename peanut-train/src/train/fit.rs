@@ -173,6 +173,9 @@ where
         clip_grad_norm: recipe.clip_grad_norm,
         // Devices share one batch: each device's mean is divided by their count.
         loss_divisor: accumulated * devices.len(),
+        grad_accumulation: recipe.grad_accumulation,
+        steps_per_epoch: per_epoch,
+        rescale_partial: recipe.accumulation == Accumulation::Mean,
     };
     let trainee = Trainee::new(model, guard.clone(), settings);
     let learner = Learner::new(trainee, optimizer.init(), scheduler);
@@ -184,7 +187,6 @@ where
         training,
         run,
         recipe.epochs,
-        recipe.grad_accumulation,
         start_epoch,
         &guard,
         &base_fingerprint,

@@ -420,7 +420,7 @@ pub(crate) fn check_weight_decay(weight_decay: f64) -> Result<()> {
 
 /// The Learner settings every pipeline shares: crash-safe per-epoch checkpoints in
 /// `run.dir/checkpoint` (see [`checkpoint`]; the last two kept), the loss guard's
-/// `interrupter`, gradient accumulation, the resume point, and burn's dashboard on a terminal
+/// `interrupter`, the resume point, and burn's dashboard on a terminal
 /// or [`PlainRenderer`] lines otherwise; with several `devices`, burn's multi-device strategy
 /// (the optimizer on the first; see [`super::parallel`]).
 #[allow(clippy::too_many_arguments)]
@@ -428,7 +428,6 @@ pub(crate) fn configure<LC: LearningComponentsTypes>(
     training: SupervisedTraining<LC>,
     run: &RunOptions,
     epochs: usize,
-    grad_accumulation: usize,
     start_epoch: Option<usize>,
     guard: &LossGuard,
     base_fingerprint: &str,
@@ -447,9 +446,6 @@ pub(crate) fn configure<LC: LearningComponentsTypes>(
         .with_interrupter(guard.interrupter())
         .with_application_logger(None)
         .num_epochs(epochs);
-    if grad_accumulation > 1 {
-        training = training.grads_accumulation(grad_accumulation);
-    }
     if let Some(epoch) = start_epoch {
         training = training.checkpoint(epoch);
     }

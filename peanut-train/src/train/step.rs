@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use burn::module::{AutodiffModule, Devices, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsParams, Optimizer};
@@ -66,6 +66,31 @@ pub struct StepSettings {
     /// Each pass's loss is divided by this before the backward pass: the number of accumulated
     /// passes to average them (transformers' Trainer), 1 to sum them.
     pub loss_divisor: usize,
+    /// Steps whose gradients add up before each optimizer update (gradient accumulation; 1
+    /// updates every step). The sum is taken here, in step order, so that it is the same bits
+    /// on every run (see [`Trainee::optimize`](TrainStep::optimize)).
+    pub grad_accumulation: usize,
+    /// Steps in one epoch. An epoch whose step count is not a multiple of
+    /// [`grad_accumulation`](Self::grad_accumulation) ends with one update from the shorter
+    /// last group, so no step's gradient is thrown away and no group spans two epochs (a
+    /// checkpoint, written at the end of an epoch, never holds a partial sum).
+    pub steps_per_epoch: usize,
+    /// Scale that shorter last group's sum to the mean of a full group (set when the
+    /// accumulated passes are averaged, as transformers' Trainer averages over the passes it
+    /// actually ran).
+    pub rescale_partial: bool,
+}
+
+/// The gradient sum of the steps since the last update, shared by every copy of a [`Trainee`]
+/// (burn clones the model for each worker and each step).
+#[derive(Default)]
+struct Pending {
+    /// The sum so far, absent right after an update.
+    grads: Option<GradientsParams>,
+    /// Steps in `grads`.
+    steps: usize,
+    /// Steps taken in the current epoch.
+    in_epoch: usize,
 }
 
 /// A model ready for burn's Learner: its [`Objective`] as the training and validation step,
@@ -75,6 +100,7 @@ pub struct Trainee<B: Backend, M> {
     pub model: M,
     guard: LossGuard,
     settings: StepSettings,
+    pending: Arc<Mutex<Pending>>,
     _backend: PhantomData<fn() -> B>,
 }
 
@@ -84,6 +110,7 @@ impl<B: Backend, M: Clone> Clone for Trainee<B, M> {
             model: self.model.clone(),
             guard: self.guard.clone(),
             settings: self.settings,
+            pending: self.pending.clone(),
             _backend: PhantomData,
         }
     }
@@ -111,12 +138,19 @@ impl<B: Backend, M> Trainee<B, M> {
             model,
             guard,
             settings,
+            pending: Arc::default(),
             _backend: PhantomData,
         }
     }
 
     fn with_model<N, C: Backend>(&self, model: N) -> Trainee<C, N> {
-        Trainee::new(model, self.guard.clone(), self.settings)
+        Trainee {
+            model,
+            guard: self.guard.clone(),
+            settings: self.settings,
+            pending: self.pending.clone(),
+            _backend: PhantomData,
+        }
     }
 }
 
@@ -194,12 +228,58 @@ where
         TrainOutput::new(self, loss.backward(), output)
     }
 
-    fn optimize<B2, O>(self, optim: &mut O, factor: f64, mut grads: GradientsParams) -> Self
+    /// Adds this step's gradients (on several devices, burn has summed the devices' shares)
+    /// to those of the steps since the last update, and updates every
+    /// [`StepSettings::grad_accumulation`] steps and at the end of each epoch: clips the global
+    /// norm, then steps the head at its rate and the rest at theirs.
+    ///
+    /// burn's own accumulation adds each device's gradients as the devices finish, so with
+    /// several devices and several accumulated steps the order of the sum (and its last bits)
+    /// changed from run to run; here each step's gradients join the sum in step order. burn's
+    /// sum of one step's shares does not depend on their order for two devices (a + b = b + a).
+    fn optimize<B2, O>(self, optim: &mut O, factor: f64, grads: GradientsParams) -> Self
     where
         B2: AutodiffBackend,
         O: Optimizer<Self, B2>,
         Self: AutodiffModule<B2>,
     {
+        let settings = self.settings;
+        let (mut grads, steps) = {
+            let shared = self.pending.clone();
+            let mut pending = shared.lock().unwrap_or_else(PoisonError::into_inner);
+            let grads = match pending.grads.take() {
+                Some(mut sum) => {
+                    let mut add = AddGrads::<B> {
+                        from: grads,
+                        into: &mut sum,
+                        _backend: PhantomData,
+                    };
+                    self.model.visit(&mut add);
+                    sum
+                }
+                None => grads,
+            };
+            pending.steps += 1;
+            pending.in_epoch += 1;
+            let epoch_ends = pending.in_epoch >= settings.steps_per_epoch;
+            if epoch_ends {
+                pending.in_epoch = 0;
+            }
+            if pending.steps < settings.grad_accumulation.max(1) && !epoch_ends {
+                pending.grads = Some(grads);
+                return self;
+            }
+            (grads, std::mem::take(&mut pending.steps))
+        };
+        if settings.rescale_partial && steps < settings.grad_accumulation {
+            let scale = settings.grad_accumulation as f32 / steps as f32;
+            let mut scale = ScaleGrads::<B> {
+                grads: &mut grads,
+                factor: scale,
+                _backend: PhantomData,
+            };
+            self.model.visit(&mut scale);
+        }
         if let Some(max_norm) = self.settings.clip_grad_norm {
             clip_global_norm::<B, _>(&self.model, &mut grads, max_norm);
         }
@@ -242,6 +322,41 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for TakeGrads<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(grad) = self.from.remove::<B::InnerBackend, D>(param.id) {
             self.into.register::<B::InnerBackend, D>(param.id, grad);
+        }
+    }
+}
+
+/// Adds the gradients in `from` to those in `into`, parameter by parameter (`into` first).
+struct AddGrads<'a, B: AutodiffBackend> {
+    from: GradientsParams,
+    into: &'a mut GradientsParams,
+    _backend: PhantomData<B>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for AddGrads<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(grad) = self.from.remove::<B::InnerBackend, D>(param.id) {
+            let sum = match self.into.remove::<B::InnerBackend, D>(param.id) {
+                Some(sum) => sum + grad,
+                None => grad,
+            };
+            self.into.register::<B::InnerBackend, D>(param.id, sum);
+        }
+    }
+}
+
+/// Multiplies every gradient in `grads` by `factor`.
+struct ScaleGrads<'a, B: AutodiffBackend> {
+    grads: &'a mut GradientsParams,
+    factor: f32,
+    _backend: PhantomData<B>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for ScaleGrads<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(grad) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+            self.grads
+                .register::<B::InnerBackend, D>(param.id, grad.mul_scalar(self.factor));
         }
     }
 }
