@@ -290,7 +290,7 @@ fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
-/// The `export` of the run in `out`, asserting it has what an export holds.
+/// Every file of the export of the run in `out`, by relative path, with its bytes.
 fn export_of(out: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     files(&out.join("export"))
 }

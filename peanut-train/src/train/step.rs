@@ -280,7 +280,7 @@ where
             };
             self.model.visit(&mut scale);
         }
-        if let Some(max_norm) = self.settings.clip_grad_norm {
+        if let Some(max_norm) = settings.clip_grad_norm {
             clip_global_norm::<B, _>(&self.model, &mut grads, max_norm);
         }
         let mut head = TakeGrads::<B> {
@@ -290,7 +290,7 @@ where
         };
         self.model.visit_head(&mut head);
         let head_grads = head.into;
-        let rates = self.settings.learning_rates;
+        let rates = settings.learning_rates;
         let mut trainee = self;
         if !head_grads.is_empty() {
             trainee = optim.step(factor * rates.head, trainee, head_grads);
