@@ -179,7 +179,7 @@ pub struct AdapterArgs {
     #[arg(long, value_enum, default_value = "peanut")]
     pub method: Method,
     /// Adapter rank (PEANuT's hidden width).
-    #[arg(long, default_value_t = IMAGE.adapter.rank)]
+    #[arg(long, default_value_t = IMAGE.adapter.rank, value_parser = values::at_least_one)]
     pub rank: usize,
     /// Depth, activation and scaling.
     #[command(flatten)]
@@ -204,6 +204,8 @@ impl AdapterArgs {
 
 /// Options of `peanut train image`.
 #[derive(Args, Debug, Clone)]
+// Negative numbers are values (`--rank -1` gets the range message, not "unexpected argument").
+#[command(allow_negative_numbers = true)]
 pub struct TrainImageArgs {
     /// Dataset directory: Stanford Cars (devkit/torchvision or Kaggle layout), Hugging Face
     /// parquet files, or an ImageFolder with `train/` and `test/` (or `val/`); detected. Or a
@@ -481,6 +483,8 @@ pub fn train_image_job(job: &ImageJob) -> Result<TrainImageOutcome> {
     let mut config = job.config.clone().check()?;
     let devices = backend::training_devices(&job.devices, config.batch_size)?;
     let data = read_dataset(&job.data_dir)?;
+    data.check_trainable()?;
+    train::check_run_dir(&job.run.dir, &data.root, &job.run.model)?;
     println!(
         "{:?} dataset at {}: {} classes, {} train / {} test images ({} + {} unreadable, skipped)",
         data.layout,
@@ -551,6 +555,11 @@ pub fn train_image_job(job: &ImageJob) -> Result<TrainImageOutcome> {
     let written = train::export_atomically(&export_dir, |staging| {
         let mut written = train::export(&trained.model, staging, job.model.to_str())?;
         written.push(write_labels(staging, &data.classes)?);
+        if config.method != Method::Full {
+            let manifest =
+                train::ExportManifest::of(&trained.model, &job.run.model, Some(config.image_size));
+            written.push(manifest.write(staging)?);
+        }
         Ok(written)
     })?;
     for path in written {
@@ -561,7 +570,10 @@ pub fn train_image_job(job: &ImageJob) -> Result<TrainImageOutcome> {
         model.config.id2label = Some(data.classes.clone());
         model.merge_adapters();
         let merged = job.run.dir.join("merged");
-        model.save_merged(&merged)?;
+        train::export_atomically(&merged, |staging| {
+            model.save_merged(staging)?;
+            Ok(vec![])
+        })?;
         println!("wrote {}", merged.display());
     }
     Ok(TrainImageOutcome {

@@ -162,6 +162,32 @@ pub enum TrainError {
         entries: String,
     },
 
+    /// A run directory another process is training in (it holds the directory's lock).
+    #[error(
+        "the run directory `{path}` is in use by {holder}: wait for that run to finish (or stop \
+         it), or choose another --output-dir"
+    )]
+    RunDirectoryLocked {
+        /// The run directory.
+        path: PathBuf,
+        /// Who holds the lock, in words (`process 1234`).
+        holder: String,
+    },
+
+    /// A directory that holds files but no run of ours (no `run.json`) was given as the run
+    /// directory: `--overwrite` and `--resume` touch only run directories.
+    #[error(
+        "`{path}` is not a run directory (it has no `run.json` and holds {entries}); a run \
+         never deletes files it did not write, even with --overwrite: choose a new or empty \
+         --output-dir"
+    )]
+    NotARunDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// Some of its entries, comma-separated.
+        entries: String,
+    },
+
     /// A run stopped because its checkpoint could not be written.
     #[error("training stopped: {reason} (in `{path}`)")]
     Interrupted {

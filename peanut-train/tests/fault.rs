@@ -8,11 +8,12 @@
 //!   writing the final export — and continued with `--resume`, sometimes killed again; also with
 //!   `--checkpointing --precision bf16`. Every continued run must finish and export exactly the
 //!   bytes of an uninterrupted run;
-//! - `peanut merge` killed at random instants over an earlier merge leaves the earlier merge or
-//!   nothing, never a mix, and merging again gives the uninterrupted merge's bytes.
+//! - `peanut merge` (and `peanut convert`) killed at random instants over an earlier merge
+//!   (conversion) leaves the earlier output or nothing, never a mix, and running it again gives
+//!   the uninterrupted output's bytes.
 //!
 //! `PEANUT_FAULT_KILLS` sets the number of training kills (default 50, e.g.
-//! `PEANUT_FAULT_KILLS=200` for a longer run; a fifth as many merge kills) and
+//! `PEANUT_FAULT_KILLS=200` for a longer run; as many merge kills and conversion kills) and
 //! `PEANUT_FAULT_SEED` the seed of the instants (default 1).
 
 use std::path::{Path, PathBuf};
@@ -472,42 +473,55 @@ fn runs_killed_at_random_instants_resume_to_the_same_export() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
-#[test]
-fn merges_killed_at_random_instants_leave_the_old_or_the_new_checkpoint() {
-    let kills = (env_or("PEANUT_FAULT_KILLS", 50) as usize / 5).max(1);
+/// `peanut convert` of the PEANuT adapter exported in `run` to this workspace's format, into
+/// `out`.
+fn convert_command(run: &Path, out: &Path) -> Command {
+    let mut command = Command::new(PEANUT);
+    command
+        .arg("convert")
+        .arg("--input")
+        .arg(run.join("export/peft"));
+    command.arg("--output").arg(out);
+    command.args(["--to", "peanut"]);
+    command
+}
+
+/// Kills `command(new_run, out)` at random instants while it replaces `command(old_run, out)`'s
+/// output (`what` names it): each kill must leave the old output, the new one or nothing,
+/// never a mix, and running it again must give the uninterrupted output.
+fn kills_leave_the_old_or_the_new(
+    what: &str,
+    command: impl Fn(&Path, &Path) -> Command,
+    (old_run, new_run): (&Path, &Path),
+    root: &Path,
+) {
+    let kills = env_or("PEANUT_FAULT_KILLS", 50) as usize;
     let seed = env_or("PEANUT_FAULT_SEED", 1);
-    let root = temp_root("fault-merge");
-    let data = root.join("data");
-    image_folder(&data);
-    // Two exports to merge: the merge under test replaces the first's merge by the second's.
-    let (old_run, new_run) = (root.join("old"), root.join("new"));
-    finish(train_command(&data, &old_run, false, &[]), "the first run");
-    finish(
-        seeded_train_command(&data, &new_run, false, &[], 12),
-        "the second run",
+    let (old_out, new_out) = (
+        root.join(format!("old-{what}")),
+        root.join(format!("new-{what}")),
     );
-    let (old_merge, new_merge) = (root.join("old-merged"), root.join("new-merged"));
-    finish(merge_command(&old_run, &old_merge), "the first merge");
+    finish(command(old_run, &old_out), &format!("the first {what}"));
     let start = Instant::now();
-    finish(merge_command(&new_run, &new_merge), "the second merge");
+    finish(command(new_run, &new_out), &format!("the second {what}"));
     let span = start.elapsed();
-    let (old, new) = (files(&old_merge), files(&new_merge));
-    assert!(old != new, "the two merges are alike");
+    let (old, new) = (files(&old_out), files(&new_out));
+    assert!(old != new, "the two {what} outputs are alike");
 
     let mut rng = SplitMix64::new(seed);
     let mut seen = [0usize; 3];
     for trial in 0..kills {
-        let out = root.join(format!("merge-{trial}"));
+        let out = root.join(format!("{what}-{trial}"));
         let _ = std::fs::remove_dir_all(&out);
-        finish(merge_command(&old_run, &out), "a merge to replace");
+        finish(command(old_run, &out), &format!("a {what} to replace"));
         let delay = span.mul_f64(rng.uniform(0.0, 2.0));
-        kill_at(merge_command(&new_run, &out), &out, Kill::After(delay));
+        kill_at(command(new_run, &out), &out, Kill::After(delay));
         let left = if out.exists() {
             files(&out)
         } else {
             Vec::new()
         };
-        let what = if left.is_empty() {
+        let state = if left.is_empty() {
             0
         } else if left == old {
             1
@@ -515,22 +529,47 @@ fn merges_killed_at_random_instants_leave_the_old_or_the_new_checkpoint() {
             2
         } else {
             panic!(
-                "merge {trial} killed after {delay:?} left a mix of two merges: {:?}",
+                "{what} {trial} killed after {delay:?} left a mix of two outputs: {:?}",
                 left.iter().map(|(p, _)| p).collect::<Vec<_>>()
             )
         };
-        seen[what] += 1;
-        finish(merge_command(&new_run, &out), "the merge after the kill");
-        assert_same_files(&files(&out), &new, &format!("merge {trial} after its kill"));
+        seen[state] += 1;
+        finish(
+            command(new_run, &out),
+            &format!("the {what} after the kill"),
+        );
+        assert_same_files(
+            &files(&out),
+            &new,
+            &format!("{what} {trial} after its kill"),
+        );
         let _ = std::fs::remove_dir_all(&out);
     }
     eprintln!(
-        "{kills} merge kills over a merge of {span:?}: left nothing {}, the old {}, the new {} times",
+        "{kills} {what} kills over a {what} of {span:?}: left nothing {}, the old {}, the new {} \
+         times",
         seen[0], seen[1], seen[2]
     );
     assert!(
         seen[1] > 0,
-        "no kill came before the merge was done: {seen:?}"
+        "no kill came before the {what} was done: {seen:?}"
     );
+}
+
+#[test]
+fn merges_and_conversions_killed_at_random_instants_leave_the_old_or_the_new_output() {
+    let root = temp_root("fault-merge");
+    let data = root.join("data");
+    image_folder(&data);
+    // Two exports: the merge (conversion) under test replaces the first's by the second's.
+    let (old_run, new_run) = (root.join("old"), root.join("new"));
+    finish(train_command(&data, &old_run, false, &[]), "the first run");
+    finish(
+        seeded_train_command(&data, &new_run, false, &[], 12),
+        "the second run",
+    );
+    let runs = (old_run.as_path(), new_run.as_path());
+    kills_leave_the_old_or_the_new("merge", merge_command, runs, &root);
+    kills_leave_the_old_or_the_new("convert", convert_command, runs, &root);
     let _ = std::fs::remove_dir_all(&root);
 }

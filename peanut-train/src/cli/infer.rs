@@ -250,6 +250,8 @@ impl ProcessorArgs {
 
 /// Options of `peanut eval image`.
 #[derive(Args, Debug, Clone)]
+// Negative numbers are values (`--rank -1` gets the range message, not "unexpected argument").
+#[command(allow_negative_numbers = true)]
 pub struct EvalImageArgs {
     /// Dataset directory or hub id (as for `train image`); its test split is evaluated.
     #[arg(long)]
@@ -271,6 +273,8 @@ pub struct EvalImageArgs {
 
 /// Options of `peanut predict image`.
 #[derive(Args, Debug, Clone)]
+// Negative numbers are values (`--rank -1` gets the range message, not "unexpected argument").
+#[command(allow_negative_numbers = true)]
 pub struct PredictImageArgs {
     /// The base ViT: a directory or a Hugging Face id.
     #[arg(long)]
@@ -291,6 +295,8 @@ pub struct PredictImageArgs {
 
 /// Options of `peanut merge`.
 #[derive(Args, Debug, Clone)]
+// Negative numbers are values (`--rank -1` gets the range message, not "unexpected argument").
+#[command(allow_negative_numbers = true)]
 pub struct MergeArgs {
     /// The base model (ViT or LLaMA-style, by its `config.json`): a directory or a Hugging
     /// Face id.
@@ -319,6 +325,8 @@ pub enum AdapterFormat {
 
 /// Options of `peanut convert`.
 #[derive(Args, Debug, Clone)]
+// Negative numbers are values (`--rank -1` gets the range message, not "unexpected argument").
+#[command(allow_negative_numbers = true)]
 pub struct ConvertArgs {
     /// Adapter directory in either format (detected).
     #[arg(long)]
@@ -337,6 +345,8 @@ pub struct ConvertArgs {
 
 /// Options of `peanut info`.
 #[derive(Args, Debug, Clone)]
+// Negative numbers are values (`--rank -1` gets the range message, not "unexpected argument").
+#[command(allow_negative_numbers = true)]
 pub struct InfoArgs {
     /// The model (ViT or LLaMA-style): a directory or a Hugging Face id.
     #[arg(long)]
@@ -481,6 +491,10 @@ fn read_head(path: &Path) -> Result<SavedModules> {
 /// What an export directory holds, read before the model is built (the head fixes the number
 /// of classes).
 struct Export {
+    /// The directory read (named in errors).
+    dir: PathBuf,
+    /// `export.json`, when the export has one.
+    manifest: Option<train::ExportManifest>,
     adapters: AdapterMap<Selected>,
     /// Whole modules: peft's `modules_to_save`, then `head.safetensors` over them.
     saved: SavedModules,
@@ -505,6 +519,8 @@ impl Export {
                 ));
             }
             return Ok(Self {
+                dir: dir.to_path_buf(),
+                manifest: train::ExportManifest::find(dir)?,
                 adapters: AdapterMap::new(),
                 saved: read_head(&head_path)?,
                 labels: read_labels(dir)?,
@@ -516,6 +532,8 @@ impl Export {
             saved.extend(read_head(&head_path)?);
         }
         Ok(Self {
+            dir: dir.to_path_buf(),
+            manifest: train::ExportManifest::find(dir)?,
             adapters,
             saved,
             labels: read_labels(dir)?,
@@ -532,7 +550,12 @@ impl Export {
         })
     }
 
+    /// Attaches the export to `model`, after checking (when the export has a manifest) that
+    /// `model` is the base it was trained from.
     fn apply<M: AdaptableModel<Selected>>(self, model: &mut M) -> Result<()> {
+        if let Some(manifest) = &self.manifest {
+            manifest.check_base(model, &self.dir)?;
+        }
         peanut::io::attach(model.linears_mut(), self.adapters)?;
         peanut::io::attach_saved(model.linears_mut(), &self.saved)?;
         Ok(())
@@ -543,11 +566,22 @@ impl Export {
 struct Inference {
     model: Vit<Selected>,
     labels: Option<Vec<String>>,
+    /// Whether `labels` came from the export's `labels.json` (else the checkpoint's
+    /// `id2label`, or none).
+    labels_from_export: bool,
     processor: ImageProcessorConfig,
 }
 
 impl Inference {
-    fn load(model: &Path, adapter: Option<&Path>, processor: &ProcessorArgs) -> Result<Self> {
+    /// The base `model` with the export `adapter` applied. With `training_size`, images are
+    /// prepared at the side the export was trained at (its manifest's `image_size`) unless
+    /// `--image-size` is given; without it (merge), at the checkpoint's own.
+    fn load(
+        model: &Path,
+        adapter: Option<&Path>,
+        processor: &ProcessorArgs,
+        training_size: bool,
+    ) -> Result<Self> {
         let dir = resolve_model_dir(model, MODEL_HINT)?;
         let family = ModelFamily::of_model_dir(&dir)?;
         if family != ModelFamily::Vit {
@@ -560,10 +594,27 @@ impl Inference {
                 ),
             });
         }
-        let processor = processor.resolve(&dir)?;
         let export = adapter
             .map(|dir| Export::read(dir, &VitPeftPaths))
             .transpose()?;
+        let trained_at = export
+            .as_ref()
+            .and_then(|e| e.manifest.as_ref())
+            .and_then(|m| m.image_size);
+        let processor = match trained_at {
+            Some(side) if training_size && processor.image_size.is_none() => {
+                eprintln!(
+                    "preparing images at {side}² pixels, the size the export was trained at \
+                     (pass --image-size to choose another)"
+                );
+                ProcessorArgs {
+                    image_size: Some(side),
+                    ..processor.clone()
+                }
+                .resolve(&dir)?
+            }
+            _ => processor.resolve(&dir)?,
+        };
         let num_labels = export.as_ref().and_then(Export::num_labels);
         let mut vit = load_vit::<TrainBackend>(
             &dir,
@@ -581,10 +632,12 @@ impl Inference {
         if let Some(names) = &labels {
             vit.config.id2label = Some(names.clone());
         }
+        let labels_from_export = labels.is_some();
         let labels = labels.or_else(|| vit.config.id2label.clone());
         Ok(Self {
             model: vit,
             labels,
+            labels_from_export,
             processor,
         })
     }
@@ -608,16 +661,38 @@ impl Inference {
 /// (NaN or infinite weights).
 pub fn eval_image(args: EvalImageArgs) -> Result<train::EvalReport> {
     let data = read_dataset(&args.data_dir)?;
-    let inference = Inference::load(&args.model, args.adapter.as_deref(), &args.processor)?;
+    let inference = Inference::load(&args.model, args.adapter.as_deref(), &args.processor, true)?;
     let model = &inference.model;
+    let source = if inference.labels_from_export {
+        format!("the export's {LABELS_FILE} lists")
+    } else {
+        "the model has".into()
+    };
     if model.config.num_labels != data.classes.len() {
         return Err(TrainError::InvalidOption {
             option: "--adapter",
             reason: format!(
-                "the model has {} classes, the dataset {}; pass the export directory of a run on \
+                "{source} {} classes, the dataset {}; pass the export directory of a run on \
                  this dataset",
                 model.config.num_labels,
                 data.classes.len()
+            ),
+        });
+    }
+    if inference.labels_from_export
+        && let Some(labels) = &inference.labels
+        && let Some((index, (ours, theirs))) = labels
+            .iter()
+            .zip(&data.classes)
+            .enumerate()
+            .find(|(_, (a, b))| a != b)
+    {
+        return Err(TrainError::InvalidOption {
+            option: "--adapter",
+            reason: format!(
+                "class {index} is `{ours}` in the export's {LABELS_FILE} but `{theirs}` in the \
+                 dataset: the classes are renamed or in another order, so accuracy would count \
+                 the wrong answers; evaluate on the dataset the export was trained on"
             ),
         });
     }
@@ -671,7 +746,7 @@ pub struct RankedLabel {
 /// # Errors
 /// Unreadable inputs, or logits that are not finite (the error names the image).
 pub fn predict_image(args: PredictImageArgs) -> Result<Vec<Prediction>> {
-    let inference = Inference::load(&args.model, args.adapter.as_deref(), &args.processor)?;
+    let inference = Inference::load(&args.model, args.adapter.as_deref(), &args.processor, true)?;
     let samples: Vec<data::ImageSample> = args
         .images
         .iter()
@@ -696,9 +771,14 @@ pub fn predict_image(args: PredictImageArgs) -> Result<Vec<Prediction>> {
     for (index, path) in args.images.iter().enumerate() {
         let loaded = batcher.load_all(&[SampleRef { index, pass: 0 }]);
         if loaded.is_empty() {
+            // Decoded once more for the reason (an oversized image, a bad header, …).
+            let reason = data::ImageSource::File(path.clone())
+                .decode()
+                .err()
+                .unwrap_or_else(|| "it did not decode".into());
             return Err(TrainError::malformed(
                 path,
-                "is not a readable JPEG or PNG image",
+                format!("is not a readable JPEG or PNG image: {reason}"),
             ));
         }
         let batch = batcher.stack::<Selected>(loaded, &device);
@@ -776,7 +856,8 @@ pub fn merge(args: MergeArgs) -> Result<()> {
     crate::train::export_atomically(&args.output, |staging| {
         match family {
             ModelFamily::Vit => {
-                let mut inference = Inference::load(&dir, Some(&args.adapter), &args.processor)?;
+                let mut inference =
+                    Inference::load(&dir, Some(&args.adapter), &args.processor, false)?;
                 inference.model.merge_adapters();
                 inference.model.save_merged(staging)?;
                 let json = serde_json::to_vec_pretty(&inference.processor.to_hf_json())
@@ -817,9 +898,24 @@ const MERGE_FILES: [&str; 7] = [
     LM_SIDE_FILES[3],
 ];
 
+/// The files `peanut convert` writes into its `--output` (either format, with a head).
+const CONVERT_FILES: [&str; 5] = [
+    peanut::io::native::CONFIG_FILE,
+    peanut::io::native::WEIGHTS_FILE,
+    peanut::io::peft::CONFIG_FILE,
+    peanut::io::peft::WEIGHTS_FILE,
+    HEAD_FILE,
+];
+
 /// Refuses an existing `--output` that holds anything a merge does not write (a dataset, a run
 /// directory, another model's shards): replacing it would delete those files.
 fn check_merge_output(output: &Path) -> Result<()> {
+    check_replaceable(output, &MERGE_FILES, "a merge")
+}
+
+/// Refuses an existing `output` that holds anything but the files `known` (which `what`
+/// writes): it is replaced whole, so anything else in it would be deleted.
+fn check_replaceable(output: &Path, known: &[&str], what: &str) -> Result<()> {
     let Ok(entries) = std::fs::read_dir(output) else {
         if output.exists() && !output.is_dir() {
             return Err(TrainError::InvalidOption {
@@ -833,15 +929,16 @@ fn check_merge_output(output: &Path) -> Result<()> {
         let name = entry.file_name();
         let known = name
             .to_str()
-            .is_some_and(|n| MERGE_FILES.contains(&n) && entry.path().is_file());
+            .is_some_and(|n| known.contains(&n) && entry.path().is_file());
         if !known {
             return Err(TrainError::InvalidOption {
                 option: "--output",
                 reason: format!(
-                    "`{}` holds `{}`, which a merge does not write: a merge replaces the whole \
-                     directory, so name a new or empty directory (or one an earlier merge wrote)",
+                    "`{}` holds `{}`, which {what} does not write: {what} replaces the whole \
+                     directory, so name a new or empty directory (or one an earlier {} wrote)",
                     output.display(),
-                    name.to_string_lossy()
+                    name.to_string_lossy(),
+                    what.trim_start_matches("a ")
                 ),
             });
         }
@@ -858,6 +955,7 @@ fn check_merge_output(output: &Path) -> Result<()> {
 /// Unreadable input, or an adapter the target format cannot hold (peft's PEANuT format holds
 /// PEANuT adapters with one shared configuration).
 pub fn convert(args: ConvertArgs) -> Result<()> {
+    check_replaceable(&args.output, &CONVERT_FILES, "a conversion")?;
     let family = match &args.model {
         Some(model) => ModelFamily::of_model_dir(&resolve_model_dir(model, MODEL_HINT)?)?,
         None => ModelFamily::of_adapter_dir(&args.input),
@@ -866,12 +964,65 @@ pub fn convert(args: ConvertArgs) -> Result<()> {
     let device = backend::device();
     let (adapters, mut saved) =
         peanut::io::load_any_with_saved::<Selected>(&args.input, paths, &device)?;
+    // The base model a peft input names is kept (also converting in place); else `--model`.
+    let base_model = recorded_base_model(&args.input)
+        .or_else(|| args.model.as_ref().map(|m| m.display().to_string()));
+    // Everything is read: the output is written beside `--output` and then swapped in whole
+    // (so `--output` may be `--input`, and a kill leaves the old directory or the new one).
+    crate::train::export_atomically(&args.output, |staging| {
+        convert_into(
+            staging,
+            &args,
+            paths,
+            &adapters,
+            &mut saved,
+            base_model.as_deref(),
+        )?;
+        Ok(Vec::new())
+    })?;
+    println!(
+        "wrote {} {} adapters{} to {}",
+        adapters.len(),
+        family.name(),
+        if saved.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " and the saved modules {:?}",
+                saved.keys().collect::<Vec<_>>()
+            )
+        },
+        args.output.display()
+    );
+    Ok(())
+}
+
+/// `base_model_name_or_path` of a peft adapter directory's `adapter_config.json`, when set.
+fn recorded_base_model(dir: &Path) -> Option<String> {
+    let bytes = std::fs::read(dir.join(peanut::io::peft::CONFIG_FILE)).ok()?;
+    let config: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    config
+        .get("base_model_name_or_path")?
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+/// Writes the converted adapter (`entries`, and the saved modules `saved`) into `output`.
+fn convert_into(
+    output: &Path,
+    args: &ConvertArgs,
+    paths: &dyn PeftPaths,
+    adapters: &AdapterMap<Selected>,
+    saved: &mut SavedModules,
+    base_model: Option<&str>,
+) -> Result<()> {
     let entries = || adapters.iter().map(|(k, v)| (k.clone(), v));
     match args.to {
         AdapterFormat::Peanut => {
-            peanut::io::save(&args.output, entries())?;
+            peanut::io::save(output, entries())?;
             if !saved.is_empty() {
-                write_head(&args.output.join(HEAD_FILE), &saved)?;
+                write_head(&output.join(HEAD_FILE), saved)?;
             }
         }
         AdapterFormat::Peft => {
@@ -888,26 +1039,12 @@ pub fn convert(args: ConvertArgs) -> Result<()> {
             if let Some(head) = head {
                 saved.extend(read_head(&head)?);
             }
-            peanut::io::save_peft(&args.output, entries(), paths, None)?;
+            peanut::io::save_peft(output, entries(), paths, base_model)?;
             if !saved.is_empty() {
-                peanut::io::add_modules_to_save(&args.output, &saved, paths)?;
+                peanut::io::add_modules_to_save(output, saved, paths)?;
             }
         }
     }
-    println!(
-        "wrote {} {} adapters{} to {}",
-        adapters.len(),
-        family.name(),
-        if saved.is_empty() {
-            String::new()
-        } else {
-            format!(
-                " and the saved modules {:?}",
-                saved.keys().collect::<Vec<_>>()
-            )
-        },
-        args.output.display()
-    );
     Ok(())
 }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
 use clap::Args;
-use peanut_models::llama::{GenerationConfig, Sampling, Tokenizer};
+use peanut_models::llama::{GenerationConfig, LlamaConfig, Sampling, Tokenizer};
 use peanut_models::{AdaptableModel, Llama};
 
 use super::{AdapterShapeArgs, ExecutionArgs, adapter_dir, resolve_model_dir, values};
@@ -34,7 +34,7 @@ pub struct LmAdapterArgs {
     #[arg(long, value_enum, default_value = "peanut")]
     pub method: Method,
     /// Adapter rank (PEANuT's hidden width).
-    #[arg(long, default_value_t = LM.adapter.rank)]
+    #[arg(long, default_value_t = LM.adapter.rank, value_parser = values::at_least_one)]
     pub rank: usize,
     /// Depth, activation and scaling.
     #[command(flatten)]
@@ -52,6 +52,8 @@ pub struct LmAdapterArgs {
 
 /// Options of `peanut train lm`.
 #[derive(Args, Debug, Clone)]
+// Negative numbers are values (`--rank -1` gets the range message, not "unexpected argument").
+#[command(allow_negative_numbers = true)]
 pub struct TrainLmArgs {
     /// Instruction data in LLM-Adapters' format: a JSON array (or JSON lines) of objects with
     /// `instruction`, optional `input` and `output` (commonsense_170k.json, MetaMathQA).
@@ -214,6 +216,8 @@ impl TrainLmArgs {
 
 /// Options of `peanut eval lm`.
 #[derive(Args, Debug, Clone)]
+// Negative numbers are values (`--rank -1` gets the range message, not "unexpected argument").
+#[command(allow_negative_numbers = true)]
 pub struct EvalLmArgs {
     /// Test file in LLM-Adapters' format (`instruction`, `answer`), e.g.
     /// `dataset/boolq/test.json`.
@@ -231,7 +235,7 @@ pub struct EvalLmArgs {
     #[arg(long, value_enum)]
     pub task: Option<Task>,
     /// Most tokens generated per answer (LLM-Adapters: 32).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = values::at_least_one)]
     pub max_new_tokens: usize,
     /// Evaluate only the first this many examples.
     #[arg(long, value_parser = values::at_least_one)]
@@ -253,6 +257,8 @@ pub struct EvalLmArgs {
 
 /// Options of `peanut generate`.
 #[derive(Args, Debug, Clone)]
+// Negative numbers are values (`--rank -1` gets the range message, not "unexpected argument").
+#[command(allow_negative_numbers = true)]
 #[command(group(clap::ArgGroup::new("text").required(true).args(["prompt", "instruction"])))]
 pub struct GenerateArgs {
     /// The base model directory (`config.json`, safetensors, `tokenizer.json`).
@@ -271,9 +277,10 @@ pub struct GenerateArgs {
     /// Context for `--instruction` (the template's `### Input:` section).
     #[arg(long, requires = "instruction")]
     pub input: Option<String>,
-    /// Most tokens to generate.
-    #[arg(long, default_value_t = 128)]
-    pub max_new_tokens: usize,
+    /// Most tokens to generate (default 128, or what is left of the model's context after the
+    /// prompt when that is less; a larger explicit value than fits is refused).
+    #[arg(long, value_parser = values::at_least_one)]
+    pub max_new_tokens: Option<usize>,
     /// Sample from the smallest set of tokens whose probability reaches this (top-p);
     /// greedy decoding when absent.
     #[arg(long)]
@@ -312,6 +319,9 @@ fn inference_llama(model: &Path, adapter: Option<&Path>) -> Result<(Llama<Select
     let tokenizer = load_tokenizer(model)?;
     let mut llama = Llama::<Selected>::from_pretrained(model, &backend::device())?;
     if let Some(dir) = adapter {
+        if let Some(manifest) = train::ExportManifest::find(dir)? {
+            manifest.check_base(&llama, dir)?;
+        }
         llama.load_adapters(&adapter_dir(dir))?;
         llama.merge_adapters();
     }
@@ -330,9 +340,24 @@ pub fn train_lm(args: TrainLmArgs) -> Result<()> {
 /// # Errors
 /// Invalid options, unusable data or model, a refused run directory, or a diverging run.
 pub fn train_lm_job(job: &LmJob) -> Result<()> {
-    let config = &job.config.clone().check()?;
+    let mut config = job.config.clone().check()?;
     let devices = backend::training_devices(&job.devices, config.batch_size)?;
     let model_dir = resolve_model_dir(&job.model, MODEL_HINT)?;
+    // An example never outgrows the model's context: the cutoff is lowered to it.
+    let context =
+        LlamaConfig::from_hf_file(&model_dir.join("config.json"))?.max_position_embeddings;
+    if config.cutoff_len > context {
+        eprintln!(
+            "--cutoff-len {} is longer than the model's context ({context} tokens, \
+             `max_position_embeddings`); examples are cut at {context} tokens",
+            config.cutoff_len
+        );
+        let mut lowered = (*config).clone();
+        lowered.cutoff_len = context;
+        config = lowered.check()?;
+    }
+    let config = &config;
+    train::check_run_dir(&job.run.dir, &job.data, &job.run.model)?;
     let tokenizer = load_tokenizer(&model_dir)?;
     // The training backend is a type: gradient checkpointing picks the other one.
     let trained = if job.checkpointing {
@@ -343,11 +368,14 @@ pub fn train_lm_job(job: &LmJob) -> Result<()> {
     println!("{} trainable parameters", trained.trainable_params);
     let export_dir = job.run.dir.join("export");
     let written = train::export_atomically(&export_dir, |staging| {
-        let written = lm_train::export_lm(&trained.model, staging, job.model.to_str())?;
+        let mut written = lm_train::export_lm(&trained.model, staging, job.model.to_str())?;
         if config.method == Method::Full {
             for path in &written {
                 copy_tokenizer(&model_dir, path)?;
             }
+        } else {
+            let manifest = train::ExportManifest::of(&trained.model, &job.run.model, None);
+            written.push(manifest.write(staging)?);
         }
         Ok(written)
     })?;
@@ -358,8 +386,11 @@ pub fn train_lm_job(job: &LmJob) -> Result<()> {
         let mut model = trained.model;
         model.merge_adapters();
         let merged = job.run.dir.join("merged");
-        model.save_merged(&merged)?;
-        copy_tokenizer(&model_dir, &merged)?;
+        train::export_atomically(&merged, |staging| {
+            model.save_merged(staging)?;
+            copy_tokenizer(&model_dir, staging)?;
+            Ok(vec![])
+        })?;
         println!("wrote {}", merged.display());
     }
     Ok(())
@@ -486,12 +517,62 @@ pub fn generate_text(args: &GenerateArgs) -> Result<String> {
             seed: args.seed,
         },
     };
+    let prompt_len = lm_train::encode(&tokenizer, &prompt)?.len();
+    let max_new_tokens = new_tokens_within_context(
+        if args.prompt.is_some() {
+            "--prompt"
+        } else {
+            "--instruction"
+        },
+        prompt_len,
+        args.max_new_tokens,
+        model.config.max_position_embeddings,
+    )?;
     let generation = GenerationConfig {
         sampling,
         eos_token_id: model.config.eos_token_id,
-        ..GenerationConfig::greedy(args.max_new_tokens)
+        ..GenerationConfig::greedy(max_new_tokens)
     };
     lm_train::complete(&model, &tokenizer, &prompt, &generation)
+}
+
+/// What `peanut generate` generates by default, at most.
+const DEFAULT_NEW_TOKENS: usize = 128;
+
+/// How many tokens `generate` may add to a prompt of `prompt_len` tokens (given as
+/// `prompt_option`) in a context of `context`: `requested` when it fits, else (by default) what
+/// is left.
+///
+/// # Errors
+/// A prompt that fills the context, or a requested count past it.
+fn new_tokens_within_context(
+    prompt_option: &'static str,
+    prompt_len: usize,
+    requested: Option<usize>,
+    context: usize,
+) -> Result<usize> {
+    let room = context.saturating_sub(prompt_len);
+    if room == 0 {
+        return Err(TrainError::InvalidOption {
+            option: prompt_option,
+            reason: format!(
+                "the prompt is {prompt_len} tokens, and the model's context \
+                 (`max_position_embeddings`) is {context}: nothing is left to generate; \
+                 shorten it"
+            ),
+        });
+    }
+    match requested {
+        Some(count) if count > room => Err(TrainError::InvalidOption {
+            option: "--max-new-tokens",
+            reason: format!(
+                "{count} new tokens after a {prompt_len}-token prompt pass the model's context \
+                 of {context} tokens; at most {room} fit"
+            ),
+        }),
+        Some(count) => Ok(count),
+        None => Ok(DEFAULT_NEW_TOKENS.min(room)),
+    }
 }
 
 /// `peanut generate`.

@@ -6,15 +6,14 @@ use crate::data::transform::MAX_IMAGE_SIZE;
 
 /// A count of at least 1 (`--batch-size`, `--epochs`, `--limit`, …).
 pub fn at_least_one(text: &str) -> Result<usize, String> {
-    let value: usize = text
+    let value: i128 = text
         .trim()
         .parse()
         .map_err(|_| format!("`{text}` is not a whole number"))?;
-    if value >= 1 {
-        Ok(value)
-    } else {
-        Err(format!("must be at least 1, got {value}"))
+    if value < 1 {
+        return Err(format!("must be at least 1, got {value}"));
     }
+    usize::try_from(value).map_err(|_| format!("{value} is too large"))
 }
 
 /// An image side in pixels, `1..=`[`MAX_IMAGE_SIZE`].
@@ -92,7 +91,8 @@ mod tests {
         }
         assert_eq!(at_least_one("3"), Ok(3));
         assert!(at_least_one("0").unwrap_err().contains("at least 1"));
-        assert!(at_least_one("-1").is_err() && at_least_one("x").is_err());
+        assert!(at_least_one("-1").unwrap_err().contains("at least 1"));
+        assert!(at_least_one("x").is_err());
         assert_eq!(image_size("1024"), Ok(1024));
         for bad in ["0", "1025", "100000", "99999999999999999999"] {
             assert!(image_size(bad).is_err(), "{bad}");

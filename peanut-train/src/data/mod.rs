@@ -217,6 +217,60 @@ pub struct ImageDataset {
     pub root: PathBuf,
 }
 
+impl ImageDataset {
+    /// Checks that the dataset can train a classifier: at least two classes, each with at least
+    /// one readable training image. (A class with no example would get a head row that never
+    /// trains; one class trains to loss 0 and says nothing.)
+    ///
+    /// # Errors
+    /// [`TrainError::malformed`] on the dataset's root, naming the empty classes.
+    pub fn check_trainable(&self) -> Result<()> {
+        if self.classes.len() < 2 {
+            return Err(TrainError::malformed(
+                &self.root,
+                format!(
+                    "it has {} class{} ({}); a classifier needs at least two",
+                    self.classes.len(),
+                    if self.classes.len() == 1 { "" } else { "es" },
+                    self.classes.join(", ")
+                ),
+            ));
+        }
+        let mut counts = vec![0usize; self.classes.len()];
+        for sample in &self.train.samples {
+            if let Some(count) = counts.get_mut(sample.label) {
+                *count += 1;
+            }
+        }
+        let empty: Vec<&str> = counts
+            .iter()
+            .zip(&self.classes)
+            .filter(|(count, _)| **count == 0)
+            .map(|(_, name)| name.as_str())
+            .collect();
+        if !empty.is_empty() {
+            let shown = empty
+                .iter()
+                .take(10)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(TrainError::malformed(
+                &self.root,
+                format!(
+                    "{} of its {} classes ha{} no readable training image: {shown}{}; add images \
+                     or remove the class",
+                    empty.len(),
+                    self.classes.len(),
+                    if empty.len() == 1 { "s" } else { "ve" },
+                    if empty.len() > 10 { ", …" } else { "" }
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The layouts [`detect`] tries, in words (for error messages).
 pub const LAYOUTS_LOOKED_FOR: &str = "Stanford Cars devkit/torchvision layout (`cars_train/`, \
 `cars_test/`, `devkit/cars_train_annos.mat`, `devkit/cars_meta.mat`, \

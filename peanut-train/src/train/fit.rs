@@ -96,6 +96,9 @@ pub struct Fitted<M> {
     pub model: M,
     /// Trainable parameters.
     pub trainable_params: usize,
+    /// The run directory's lock, held until this is dropped (so that what the caller writes
+    /// there afterwards, the export, is covered).
+    pub lock: run::RunLock,
 }
 
 /// The loaders of one run: the training loader takes the epoch order [`fit`] lays out and the
@@ -105,9 +108,10 @@ pub type Loaders<B, M> = (TrainLoader<Components<B, M>>, ValidLoader<Components<
 /// Trains `model` on burn's Learner as `recipe` says, on `devices` (burn's multi-device
 /// strategy when there are several, see [`super::parallel`]):
 ///
-/// 1. checks the devices, the batch and the precision, and opens the run directory (`run.json`,
-///    `--resume`, `--overwrite`; see [`run::begin`]);
-/// 2. seeds the backend and calls `prepare` (adapters, trainable parameters, precision);
+/// 1. checks the devices, the batch and the precision, seeds the backend and calls `prepare`
+///    (adapters, trainable parameters, precision);
+/// 2. locks and opens the run directory (`run.json`, `--resume`, `--overwrite`; see
+///    [`run::begin`]);
 /// 3. builds the loaders with `loaders(order, per-device batch)`, the schedule, AdamW and the
 ///    guarded step ([`Trainee`]), registers the pipeline's `metrics` (given the loss guard, for
 ///    [`super::guard::LossGuardMetric`]) and the shared settings ([`run::configure`]);
@@ -134,15 +138,17 @@ where
         run::check_execution::<B>(devices, recipe.batch_size, recipe.precision)?;
     let base_fingerprint = checkpoint::fingerprint(&model);
     let run = recipe.run;
-    let start_epoch = run::begin(
+    // `prepare` checks the targets and layers against the model: it runs before the run
+    // directory is opened, so a refused option leaves the directory untouched.
+    B::seed(device, recipe.seed);
+    let (model, trainable_params) = prepare(model)?;
+    let (start_epoch, lock) = run::begin(
         run,
         recipe.data,
         recipe.config,
         recipe.epochs,
         &base_fingerprint,
     )?;
-    B::seed(device, recipe.seed);
-    let (model, trainable_params) = prepare(model)?;
 
     let order = EpochOrder::new(recipe.examples, Some(recipe.seed))
         .starting_at_pass(start_epoch.unwrap_or(0))
@@ -198,5 +204,6 @@ where
     Ok(Fitted {
         model: result.model.model,
         trainable_params,
+        lock,
     })
 }

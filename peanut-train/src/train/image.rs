@@ -163,6 +163,9 @@ pub struct TrainedImage<B: Backend> {
     pub model: Vit<B>,
     /// Trainable parameter count.
     pub trainable_params: usize,
+    /// The run directory's lock: no other process can start a run there while this is alive
+    /// (keep it while writing the export).
+    pub lock: run::RunLock,
     /// Training images that could not be read or decoded (left out of the split, or of their
     /// batches; a batch decodes once per epoch, so an image is counted once per epoch).
     pub skipped_images: usize,
@@ -229,6 +232,7 @@ pub fn train_image_on<B: AutodiffBackend>(
     run: &RunOptions,
     devices: &[B::Device],
 ) -> Result<TrainedImage<B::InnerBackend>> {
+    data.check_trainable()?;
     let channels = model.config.num_channels;
     let train_samples: Arc<[_]> = data.train.samples.clone().into();
     let test_samples: Arc<[_]> = data.test.samples.clone().into();
@@ -300,6 +304,7 @@ pub fn train_image_on<B: AutodiffBackend>(
     Ok(TrainedImage {
         model: fitted.model,
         trainable_params: fitted.trainable_params,
+        lock: fitted.lock,
         skipped_images: train_batcher.skipped() + data.train.skipped,
         skipped_valid_images: test_batcher.skipped() + data.test.skipped,
     })

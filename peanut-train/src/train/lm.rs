@@ -239,6 +239,9 @@ pub struct TrainedLm<B: Backend> {
     pub model: Llama<B>,
     /// Trainable parameter count.
     pub trainable_params: usize,
+    /// The run directory's lock: no other process can start a run there while this is alive
+    /// (keep it while writing the export).
+    pub lock: run::RunLock,
 }
 
 /// Applies `config.method` to a model: adapters on the targets, or everything trainable; then
@@ -345,6 +348,7 @@ pub fn train_lm_on<B: AutodiffBackend>(
     Ok(TrainedLm {
         model: fitted.model,
         trainable_params: fitted.trainable_params,
+        lock: fitted.lock,
     })
 }
 
@@ -420,8 +424,9 @@ pub struct LmEvalReport {
 /// `on_prediction` in file order.
 ///
 /// # Errors
-/// An example without `answer` (naming `path` and its index), generation or tokenizer errors,
-/// or an error of `on_prediction`.
+/// An example without `answer` (naming `path` and its index), one whose prompt and
+/// `generation.max_new_tokens` pass the model's context, generation or tokenizer errors, or an
+/// error of `on_prediction`.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_lm<B: Backend>(
     model: &Llama<B>,
@@ -434,6 +439,27 @@ pub fn evaluate_lm<B: Backend>(
     path: &Path,
     mut on_prediction: impl FnMut(&Prediction) -> Result<()>,
 ) -> Result<LmEvalReport> {
+    // Every prompt and its answer must fit the model's context, checked before any work.
+    let context = model.config.max_position_embeddings;
+    for (index, example) in examples.iter().enumerate() {
+        let prompt_len = encode(tokenizer, &instruct::prompt(example))?.len();
+        if prompt_len + generation.max_new_tokens > context {
+            return Err(TrainError::malformed(
+                path,
+                format!(
+                    "example {index}'s prompt is {prompt_len} tokens: with {} new tokens it \
+                     passes the model's context of {context} tokens (`max_position_embeddings`); \
+                     shorten it, or lower --max-new-tokens{}",
+                    generation.max_new_tokens,
+                    if prompt_len < context {
+                        format!(" to {}", context - prompt_len)
+                    } else {
+                        String::new()
+                    }
+                ),
+            ));
+        }
+    }
     let mut correct = 0;
     let batch_size = batch_size.max(1);
     let group = batch_size * workers.max(1);

@@ -11,7 +11,8 @@
 //! lm.rs ─────┘   the one      ├── step.rs        Trainee: the guarded step, parameter groups,
 //!  (LLaMA,       Learner      │                  the trainable-only record
 //!  JSON)         set-up       ├── guard.rs       loss guard (off the training thread), clipping
-//!                             └── checkpoint.rs  crash-safe epoch checkpoints
+//!                             ├── checkpoint.rs  crash-safe epoch checkpoints
+//!                             └── lock.rs        one process per run directory
 //! checked.rs                     Checked: a configuration validated once, with its adapter config
 //! classifier.rs / causal_lm.rs   each model's Objective (its loss and metric outputs)
 //! metrics.rs                     throughput and token-accuracy metrics
@@ -25,6 +26,8 @@ pub mod fit;
 pub mod guard;
 pub mod image;
 pub mod lm;
+pub mod lock;
+pub mod manifest;
 pub mod metrics;
 pub mod parallel;
 pub mod run;
@@ -42,11 +45,12 @@ pub use lm::{
     InstructionData, LmEvalReport, LmTrainConfig, Prediction, TrainedLm, evaluate_lm, export_lm,
     load_instructions, prepare_lm, train_lm, train_lm_on,
 };
+pub use manifest::ExportManifest;
 pub use metrics::{ThroughputMetric, TokenAccuracyMetric};
 pub use parallel::{DeviceKind, DeviceSpec};
 pub use run::{
-    AdapterOptions, Method, RunOptions, attach_adapters, check_precision, export_adapters,
-    export_atomically, last_checkpoint,
+    AdapterOptions, Method, RunLock, RunOptions, attach_adapters, check_precision, check_run_dir,
+    export_adapters, export_atomically, last_checkpoint,
 };
 pub use step::{
     GroupLearningRate, LearningRates, Objective, StepSettings, TrainableRecord, Trainee,

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, EpochRecorder};
 use super::guard::LossGuard;
+pub use super::lock::RunLock;
 use crate::error::{Result, TrainError};
 use crate::render::{PlainRenderer, use_dashboard};
 
@@ -78,12 +79,27 @@ impl Default for AdapterOptions {
     }
 }
 
+/// The largest PEANuT scaling `|s|` a run accepts.
+pub const MAX_SCALING: f64 = 1e4;
+
 impl AdapterOptions {
     /// The adapter configuration for `method`, checked, or `None` for `head` and `full`. The
     /// training configurations' `check` calls it once.
     pub fn config(&self, method: Method) -> Result<Option<AdapterConfig>> {
         Ok(match method {
             Method::Peanut => {
+                // s multiplies ΔW and B's gradient: 0 trains nothing, and past 1e4 an f32
+                // step overflows (B stays exactly 0 while the loss guard sees inf).
+                if !(self.scaling.abs() > 0.0 && self.scaling.abs() <= MAX_SCALING) {
+                    return Err(TrainError::InvalidOption {
+                        option: "--scaling",
+                        reason: format!(
+                            "must be non-zero and at most {MAX_SCALING:e} in magnitude for \
+                             training (larger values overflow f32 updates), got {}",
+                            self.scaling
+                        ),
+                    });
+                }
                 let config = PeanutConfig::new(self.rank)
                     .with_depth(self.depth)
                     .with_activation(self.activation)
@@ -111,7 +127,8 @@ impl AdapterOptions {
 /// and `layers` (all blocks when empty) select, seeded from `seed`.
 ///
 /// # Errors
-/// A target that matches nothing (as `--targets`).
+/// A target that matches nothing (as `--targets`), a block index the model lacks (as
+/// `--layers`).
 pub fn attach_adapters<B: Backend, M: AdaptableModel<B>>(
     model: &mut M,
     adapter: Option<&AdapterConfig>,
@@ -129,7 +146,10 @@ pub fn attach_adapters<B: Backend, M: AdaptableModel<B>>(
     model
         .add_adapters(&selection, adapter, seed)
         .map_err(|e| TrainError::InvalidOption {
-            option: "--targets",
+            option: match e {
+                peanut_models::ModelError::LayerOutOfRange { .. } => "--layers",
+                _ => "--targets",
+            },
             reason: e.to_string(),
         })?;
     Ok(())
@@ -179,7 +199,7 @@ struct RunRecord {
 }
 
 /// The entries a run writes into its directory; `--overwrite` removes these and nothing else.
-const RUN_ENTRIES: [&str; 9] = [
+const RUN_ENTRIES: [&str; 11] = [
     "run.json",
     checkpoint::FOLDER,
     "export",
@@ -188,6 +208,8 @@ const RUN_ENTRIES: [&str; 9] = [
     "train",
     "valid",
     "merged",
+    "merged.tmp",
+    "merged.old",
     "experiment.log",
 ];
 
@@ -239,6 +261,7 @@ fn entries_of(dir: &Path) -> Option<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok())
+        .filter(|e| !super::lock::is_lock_file(&e.file_name()))
         .filter(|e| {
             let stale = e
                 .file_name()
@@ -261,6 +284,64 @@ fn entries_of(dir: &Path) -> Option<String> {
     Some(list)
 }
 
+/// `path` made absolute with its symbolic links resolved, for the part of it that exists (a
+/// run directory may not exist yet).
+fn resolved(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(canonical) = existing.canonicalize() {
+            return rest.iter().rev().fold(canonical, |p, part| p.join(part));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            _ => return absolute,
+        }
+    }
+}
+
+/// Refuses a run directory that is, holds, or lies inside the training data or the base model:
+/// a run writes and (with `--overwrite`) removes entries of its directory, and a user's files
+/// must never be among them.
+///
+/// # Errors
+/// [`TrainError::InvalidOption`] for `--output-dir`, naming the other path.
+pub fn check_run_dir(dir: &Path, data: &Path, model: &str) -> Result<()> {
+    let run = resolved(dir);
+    let model = Path::new(model);
+    let others = [("--data-dir", data), ("--model", model)];
+    for (option, other) in others {
+        if other.as_os_str().is_empty() || !other.exists() {
+            continue;
+        }
+        let other = resolved(other);
+        let relation = if run == other {
+            "is"
+        } else if other.starts_with(&run) {
+            "holds"
+        } else if run.starts_with(&other) {
+            "lies inside"
+        } else {
+            continue;
+        };
+        return Err(TrainError::InvalidOption {
+            option: "--output-dir",
+            reason: format!(
+                "`{}` {relation} the {option} path `{}`; a run writes (and --overwrite removes) \
+                 entries of its directory, so choose a directory apart from the data and the \
+                 model",
+                dir.display(),
+                other.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Opens `run.dir` for a run of `epochs` epochs with `config` on the data at `data`, starting
 /// from a base model with fingerprint `base_fingerprint`. Returns the epoch of the checkpoint to
 /// load (`Some(epochs)` when the run already trained all its epochs: the Learner only loads it),
@@ -272,17 +353,37 @@ fn entries_of(dir: &Path) -> Option<String> {
 /// continues after the last complete checkpoint; with no `run.json` in an empty directory (a
 /// run killed before it wrote one) it starts afresh.
 ///
+/// The directory is locked for this process first ([`RunLock`]; the lock is returned, and
+/// held until it is dropped), and it must lie apart from the data and the model
+/// ([`check_run_dir`]). A directory that holds files but no `run.json` is never a run
+/// directory, whatever `run.overwrite` says.
+///
 /// # Errors
-/// A non-empty directory for a new run, other settings, or an unwritable directory.
+/// A non-empty directory for a new run, a directory that is not a run directory, one another
+/// process holds, one overlapping the data or the model, other settings, or an unwritable
+/// directory.
 pub(crate) fn begin<C: Serialize>(
     run: &RunOptions,
     data: &Path,
     config: &C,
     epochs: usize,
     base_fingerprint: &str,
-) -> Result<Option<usize>> {
+) -> Result<(Option<usize>, RunLock)> {
     let dir = &run.dir;
     let path = dir.join("run.json");
+    check_run_dir(dir, data, &run.model)?;
+    let not_a_run = |entries| TrainError::NotARunDirectory {
+        path: dir.clone(),
+        entries,
+    };
+    // Checked before the lock, which creates its file in the directory: a user's directory
+    // that is no run directory is left exactly as it was.
+    if !path.is_file()
+        && let Some(entries) = entries_of(dir)
+    {
+        return Err(not_a_run(entries));
+    }
+    let lock = RunLock::acquire(dir)?;
     let record = RunRecord {
         model: run.model.clone(),
         data: data.display().to_string(),
@@ -321,18 +422,19 @@ pub(crate) fn begin<C: Serialize>(
                     dir.display()
                 );
             }
-            return Ok(last.filter(|&epoch| epoch <= epochs));
+            return Ok((last.filter(|&epoch| epoch <= epochs), lock));
         }
         if let Some(entries) = entries_of(dir) {
-            return Err(resume_error(format!(
-                "it has no `run.json` (it holds {entries}); it is not a run directory"
-            )));
+            return Err(not_a_run(entries));
         }
         eprintln!(
             "{}: nothing to resume (no run started there yet); starting a new run",
             dir.display()
         );
     } else if let Some(entries) = entries_of(dir) {
+        if !path.is_file() {
+            return Err(not_a_run(entries));
+        }
         if !run.overwrite {
             return Err(TrainError::RunDirectoryInUse {
                 path: dir.clone(),
@@ -354,7 +456,7 @@ pub(crate) fn begin<C: Serialize>(
     std::fs::create_dir_all(dir).map_err(|e| TrainError::io("cannot create", dir, e))?;
     let json = serde_json::to_vec_pretty(&record).expect("record serializes");
     checkpoint::write_atomic(&path, &json).map_err(|e| TrainError::io("cannot write", &path, e))?;
-    Ok(None)
+    Ok((None, lock))
 }
 
 /// burn's file metric logger (`<run>/train/epoch-N/`, `<run>/valid/epoch-N/`) with the epochs
@@ -550,7 +652,14 @@ pub fn export_atomically(
         }
     }
     std::fs::create_dir_all(&staging).map_err(|e| TrainError::io("cannot create", &staging, e))?;
-    let written = write(&staging)?;
+    let written = match write(&staging) {
+        Ok(written) => written,
+        Err(e) => {
+            // Nothing of a failed write is left behind (the previous `dir` stays as it was).
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
     checkpoint::sync_tree(&staging).map_err(|e| TrainError::io("cannot sync", &staging, e))?;
     if dir.exists() {
         std::fs::rename(dir, &old).map_err(|e| TrainError::io("cannot move", dir, e))?;
