@@ -18,6 +18,9 @@ pub(crate) enum Init {
     Ones,
     /// `U(−bound, bound)`.
     Uniform(f64),
+    /// `N(0, std²)` truncated to `[−2, 2]` (PyTorch's `trunc_normal_` with its default
+    /// bounds, which transformers uses for new heads).
+    TruncatedNormal(f64),
 }
 
 enum Weights<'a> {
@@ -101,6 +104,33 @@ impl<'a, B: Backend> Source<'a, B> {
         Ok(Param::from_tensor(tensor).set_require_grad(false))
     }
 
+    /// A classifier head `prefix` (weight and bias) as [`Source::linear`] reads it from a
+    /// checkpoint; drawn fresh, as transformers draws a new head: weight `N(0, std²)`
+    /// (truncated, see [`Init::TruncatedNormal`]), bias 0.
+    pub fn head(
+        &mut self,
+        prefix: &str,
+        d_input: usize,
+        d_output: usize,
+        std: f64,
+    ) -> Result<AdaptedLinear<B>> {
+        let Weights::Random(rng) = &mut self.weights else {
+            return self.linear(prefix, d_input, d_output, true);
+        };
+        let weight = draw(
+            rng,
+            [d_input, d_output],
+            Init::TruncatedNormal(std),
+            &self.device,
+        );
+        let bias = draw(rng, [d_output], Init::Zeros, &self.device);
+        let base = Linear {
+            weight: Param::from_tensor(self.stored(weight)),
+            bias: Some(Param::from_tensor(bias)),
+        };
+        Ok(AdaptedLinear::new(base))
+    }
+
     /// The linear `prefix.weight` (`[d_output, d_input]` on disk, transposed to burn's
     /// `[d_input, d_output]`) and `prefix.bias` when `bias`, frozen in an [`AdaptedLinear`].
     pub fn linear(
@@ -171,6 +201,19 @@ fn draw<B: Backend, const D: usize>(
         Init::Ones => vec![1.0; count],
         Init::Uniform(bound) => (0..count)
             .map(|_| rng.uniform(-bound, bound) as f32)
+            .collect(),
+        Init::TruncatedNormal(std) => (0..count)
+            .map(|_| {
+                loop {
+                    // Box–Muller, redrawn outside [−2, 2].
+                    let u1 = rng.next_f64().max(f64::MIN_POSITIVE);
+                    let u2 = rng.next_f64();
+                    let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos() * std;
+                    if (-2.0..=2.0).contains(&z) {
+                        break z as f32;
+                    }
+                }
+            })
             .collect(),
     };
     Tensor::from_data(TensorData::new(values, shape), device)

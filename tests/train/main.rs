@@ -13,6 +13,7 @@ mod hub;
 mod interop;
 mod lm;
 mod scale;
+mod trajectory;
 
 use std::path::{Path, PathBuf};
 

@@ -45,6 +45,11 @@ pub struct VitConfig {
     /// Whether query, key and value carry biases.
     #[config(default = true)]
     pub qkv_bias: bool,
+    /// Standard deviation of a new classifier head's weights (transformers'
+    /// `initializer_range`: a new head is drawn from `N(0, initializer_range²)`, bias 0, as
+    /// `ViTForImageClassification` draws it).
+    #[config(default = 0.02)]
+    pub initializer_range: f64,
     /// Class names by index (`id2label` of `config.json`), when known; `None` writes
     /// transformers' `LABEL_<i>` names.
     #[config(default = "None")]
@@ -191,6 +196,7 @@ impl VitConfig {
         .with_patch_size(file.patch_size)
         .with_num_channels(file.num_channels)
         .with_qkv_bias(file.qkv_bias)
+        .with_initializer_range(file.initializer_range)
         .with_id2label(id2label);
         config.validate().map_err(|err| match err {
             ModelError::InvalidConfig { field, reason, .. } => ModelError::InvalidConfig {
@@ -232,6 +238,7 @@ impl VitConfig {
             "patch_size": self.patch_size,
             "num_channels": self.num_channels,
             "qkv_bias": self.qkv_bias,
+            "initializer_range": self.initializer_range,
             "id2label": id2label,
             "label2id": label2id,
             "dtype": "float32",
@@ -272,6 +279,8 @@ struct HfVitConfig {
     num_channels: usize,
     #[serde(default = "yes")]
     qkv_bias: bool,
+    #[serde(default = "initializer_range")]
+    initializer_range: f64,
     id2label: Option<BTreeMap<String, String>>,
     num_labels: Option<usize>,
 }
@@ -290,6 +299,9 @@ fn patch_size() -> usize {
 }
 fn num_channels() -> usize {
     3
+}
+fn initializer_range() -> f64 {
+    0.02
 }
 fn yes() -> bool {
     true

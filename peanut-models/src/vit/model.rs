@@ -144,8 +144,12 @@ impl<B: Backend> Vit<B> {
             .map(|i| VitLayer::build(&config, &format!("{backbone}encoder.layer.{i}"), source))
             .collect::<Result<Vec<_>>>()?;
         let layernorm = layer_norm(&config, &format!("{backbone}layernorm"), source)?;
-        let classifier =
-            head_source.linear("classifier", config.hidden_size, config.num_labels, true)?;
+        let classifier = head_source.head(
+            "classifier",
+            config.hidden_size,
+            config.num_labels,
+            config.initializer_range,
+        )?;
         let vit = VitModel {
             embeddings,
             encoder: VitEncoder { layer },

@@ -101,6 +101,18 @@ pub struct Fitted<M> {
     pub lock: run::RunLock,
 }
 
+/// The optimizer every run uses: AdamW as PyTorch's `torch.optim.AdamW` defines it (betas 0.9 /
+/// 0.999, epsilon 1e-8 added to the bias-corrected root of the second moment, decoupled weight
+/// decay `p ← p·(1 − lr·weight_decay)` before the update), with `weight_decay`.
+/// `tests/train/trajectory.rs` checks its steps against PyTorch's.
+pub fn optimizer(weight_decay: f64) -> AdamWConfig {
+    AdamWConfig::new()
+        .with_beta_1(0.9)
+        .with_beta_2(0.999)
+        .with_weight_decay(weight_decay as f32)
+        .with_epsilon(1e-8)
+}
+
 /// The loaders of one run: the training loader takes the epoch order [`fit`] lays out and the
 /// per-device batch.
 pub type Loaders<B, M> = (TrainLoader<Components<B, M>>, ValidLoader<Components<B, M>>);
@@ -163,9 +175,7 @@ where
     };
     // The schedule is a factor (peak 1) of each parameter group's own peak learning rate.
     let scheduler = WarmupDecay::new(1.0, warmup, total, recipe.decay);
-    let optimizer = AdamWConfig::new()
-        .with_weight_decay(recipe.weight_decay as f32)
-        .with_epsilon(1e-8);
+    let optimizer = optimizer(recipe.weight_decay);
 
     // The guard counts passes: one per device and step.
     let passes = per_epoch * devices.len();
