@@ -1,108 +1,277 @@
 #!/usr/bin/env bash
-# "How do we compare on this GPU?" in one run, on a machine with an NVIDIA GPU (no downloads):
+# "How do we compare on this GPU?" in one call, on a machine with an NVIDIA GPU that has no
+# network and no Rust toolchain. Two steps:
 #
-#     bash benches/device-check.sh            # builds first (release, cuda then wgpu)
+#     bash benches/device-build.sh     # here, on a machine with cargo: release binaries for
+#                                      # CUDA and wgpu, stripped, into target/device-bin
+#     bash benches/device-check.sh     # there, in the repository root, with target/device-bin
 #
-# Random-initialised real shapes (`PEANUT_SPEED_SIZE=large`): ViT-B/16 at 224 px, batch 32,
-# PEANuT r = 7 on q, v (training and merged inference), and a LLaMA with Llama-3.2-1B's shape,
-# PEANuT r = 8 on q, k, v, up, down (training on 4 × 128 tokens, greedy generation). Each
-# workload runs on burn's CUDA backend, on its wgpu backend (Vulkan), and on PyTorch + peft
-# (`PEANUT_SPEED_DEVICE=cuda`, venv as in benches/compare-pytorch.sh), each in its own
-# process, with a time limit per run so the whole check stays within about 10 minutes once
-# built. Peak GPU memory is sampled from nvidia-smi for every stack alike (the device's used
-# memory, so run it on an otherwise idle GPU). Then the scale paths: ViT and LM training with
-# bf16 frozen weights and with gradient checkpointing on CUDA, and, with two or more GPUs, the
-# data-parallel test of tests/train/scale.rs on cuda:0,1. Prints one JSON line per run, then a
-# table.
+# It builds nothing and downloads nothing. The PyTorch + peft rows use `$PYTHON` (default:
+# `python3`) when it imports torch, transformers and peft; without them only our rows run.
+#
+# Workloads at GPU shapes, random weights (`PEANUT_SPEED_SIZE=large`, examples/speed.rs and
+# benches/speed_peer.py): ViT-B/16 at 224 px, batch 32, PEANuT r = 7 on q, v with the head
+# trained, AdamW (`vit-train`) and merged inference (`vit-infer`); a LLaMA with Llama-3.2-1B's
+# shape, PEANuT r = 8 on q, k, v, up, down, trained on 4 × 512 tokens (`lm-train`) and greedy
+# decoding (`generate`). Each in f32 and bf16 (PyTorch: bf16 weights under torch.autocast),
+# ours also with gradient checkpointing for the training rows; the wgpu build in f32 when a
+# Vulkan driver is found (a loader carried in target/device-bin/vulkan is used). Then
+# `peanut train image` end to end on CUDA: a generated Stanford-Cars-layout folder (Kaggle class
+# folders), killed after its first epoch checkpoint, `--resume`d to its export, evaluated.
+#
+# Every run has a time limit (PER_RUN_SECONDS, default 60), no measured run starts once it
+# could end past BUDGET_SECONDS (default 380) less 90 s kept for the end-to-end job, and that
+# job's steps have limits of their own (60 + 90 + 45 s), so the check ends within 8 minutes;
+# rows left out are listed as skipped. The two-GPU data-parallel test (tests/train/scale.rs)
+# needs cargo and is not part of it. Peak GPU memory is the running process's own (nvidia-smi's per-process
+# used memory, sampled every 100 ms), for every stack alike.
+#
+# Writes under OUT (default target/device-check): device-check.jsonl (one JSON line per row:
+# ours, PyTorch's, failed or skipped), device-check.md (the table, with the ratio of each of our
+# rows to PyTorch + peft's row of the same workload and precision) and device-check.log (the
+# runs' stderr). Exit status 0 when every run that started succeeded, 1 otherwise.
+#
+# Knobs: BIN_DIR, OUT, PYTHON, WORKLOADS (default "vit-train lm-train generate vit-infer"),
+# PER_RUN_SECONDS, BUDGET_SECONDS, E2E=0 (skip the end-to-end job), E2E_IMAGE_SIZE (112).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-venv="${PEANUT_BENCH_VENV:-target/bench-venv}"
-workloads="${WORKLOADS:-vit-train vit-infer lm-train generate}"
-limit="${PER_RUN_SECONDS:-40}"
-export PEANUT_SPEED_SIZE=large
+bin="${BIN_DIR:-target/device-bin}"
+out="${OUT:-target/device-check}"
+python="${PYTHON:-python3}"
+workloads="${WORKLOADS:-vit-train lm-train generate vit-infer}"
+limit="${PER_RUN_SECONDS:-60}"
+budget="${BUDGET_SECONDS:-380}"
+# Seconds of the budget kept for the end-to-end job.
+reserve=90
+[ "${E2E:-1}" = 0 ] && reserve=0
+export PEANUT_SPEED_SIZE=large PEANUT_SPEED_DEVICE=cuda PYTHONUNBUFFERED=1
 
-command -v nvidia-smi >/dev/null || { echo "device-check.sh: no nvidia-smi: not a GPU machine" >&2; exit 1; }
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+mkdir -p "$out"
+rows="$out/device-check.jsonl"
+log="$out/device-check.log"
+: >"$rows"
+: >"$log"
+failures=0
 
-if ! "$venv/bin/python" -c 'import torch, transformers, peft' 2>/dev/null; then
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q "torch==2.15.0" "transformers>=5" "peft==0.21.2"
+say() { echo "device-check: $*" | tee -a "$log" >&2; }
+
+command -v nvidia-smi >/dev/null || { say "no nvidia-smi: not an NVIDIA GPU machine"; exit 1; }
+gpu="$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -n 1)"
+say "GPU: $gpu"
+[ -x "$bin/speed-cuda" ] || say "no $bin/speed-cuda: run benches/device-build.sh first (CUDA rows left out)"
+
+torch=0
+if "$python" -c 'import torch, transformers, peft' 2>>"$log"; then
+    torch=1
+else
+    say "$python does not import torch, transformers and peft: PyTorch rows left out"
 fi
 
-stacks=()
-for backend in cuda wgpu; do
-    if [ -z "${SKIP_BUILD:-}" ]; then
-        echo "== building examples/speed.rs with --features $backend" >&2
-        CARGO_TARGET_DIR="target/device-$backend" cargo build --release --example speed \
-            --no-default-features --features "$backend" >&2 || { echo "build for $backend failed" >&2; continue; }
+# wgpu on the NVIDIA Vulkan driver: a loader carried beside the binaries, and the driver's ICD.
+wgpu=0
+if [ -x "$bin/speed-wgpu" ]; then
+    [ -d "$bin/vulkan" ] && export LD_LIBRARY_PATH="$PWD/$bin/vulkan${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    for icd in /usr/share/vulkan/icd.d/nvidia_icd.json /etc/vulkan/icd.d/nvidia_icd.json \
+        /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json; do
+        if [ -f "$icd" ]; then
+            export VK_DRIVER_FILES="${VK_DRIVER_FILES:-$icd}"
+            break
+        fi
+    done
+    if [ -n "${VK_DRIVER_FILES:-}" ] || ldconfig -p 2>/dev/null | grep 'libvulkan\.so\.1' >/dev/null \
+        || [ -d "$bin/vulkan" ]; then
+        wgpu=1
+    else
+        say "no Vulkan loader or NVIDIA ICD found: wgpu rows left out"
     fi
-    [ -x "target/device-$backend/release/examples/speed" ] && stacks+=("$backend")
-done
+fi
 
-results="$(mktemp)"
-# Runs "$@" with a time limit while sampling the GPU's used memory; appends its JSON line
-# with "peak_gpu_used_mib" added.
+# The most any process used on the GPU in a sample file of nvidia-smi's per-process memory.
+peak_of() { sort -n "$1" 2>/dev/null | tail -n 1; }
+
+# row LABEL JSON: appends a JSON line of its own (failed, skipped) for LABEL ("stack workload
+# precision checkpointing").
+row() {
+    local stack workload precision checkpointing
+    read -r stack workload precision checkpointing <<<"$1"
+    echo "{\"stack\": \"$stack\", \"workload\": \"$workload\", \"precision\": \"$precision\", \
+\"checkpointing\": $checkpointing, $2}" >>"$rows"
+}
+
+# measure LABEL STEPS ENV... -- COMMAND...: runs COMMAND with ENV under the time limit while
+# sampling the GPU, and appends its last output line (a JSON object) with the peak added.
 measure() {
-    local samples
+    local label="$1"
+    shift
+    local envs=()
+    while [ "$1" != "--" ]; do
+        envs+=("$1")
+        shift
+    done
+    shift
+    if ((SECONDS + limit > budget - reserve)); then
+        row "$label" "\"skipped\": \"the check's time budget ($budget s) is spent\""
+        return
+    fi
+    local samples line started=$SECONDS
     samples="$(mktemp)"
-    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$samples" &
+    nvidia-smi --query-compute-apps=used_memory --format=csv,noheader,nounits -lms 100 \
+        >"$samples" 2>/dev/null &
     local sampler=$!
-    local line
-    line="$(timeout "$limit" "$@" 2>/dev/null | tail -n 1)"
+    echo "== $label: $*" >>"$log"
+    line="$(env "${envs[@]}" timeout "$limit" "$@" 2>>"$log" | tail -n 1)"
+    local status=$?
     kill "$sampler" 2>/dev/null
     wait "$sampler" 2>/dev/null
     local peak
-    peak="$(sort -n "$samples" | tail -n 1)"
+    peak="$(peak_of "$samples")"
     rm -f "$samples"
-    if [ -n "$line" ]; then
-        echo "${line%\}}, \"peak_gpu_used_mib\": ${peak:-0}}" | tee -a "$results"
-    else
-        echo "{\"failed\": \"$*\"}" >&2
-    fi
+    case "$line" in
+    \{*\})
+        echo "${line%\}}, \"peak_gpu_mib\": ${peak:-0}, \"seconds\": $((SECONDS - started))}" \
+            | tee -a "$rows"
+        ;;
+    *)
+        failures=$((failures + 1))
+        local why="exit $status"
+        [ "$status" -eq 124 ] && why="over the ${limit} s limit"
+        row "$label" "\"failed\": \"$why (see device-check.log)\""
+        say "$label failed: $why"
+        ;;
+    esac
 }
 
-for workload in $workloads; do
-    for backend in "${stacks[@]}"; do
-        measure "target/device-$backend/release/examples/speed" "$workload"
+steps_of() {
+    case "$1" in
+    vit-train | vit-infer) echo 10 ;;
+    lm-train) echo 5 ;;
+    generate) echo 2 ;;
+    esac
+}
+
+# Most wanted first: every workload in f32 on both stacks, then bf16, then checkpointing, then
+# wgpu; the budget cuts from the end.
+for precision in f32 bf16; do
+    for workload in $workloads; do
+        steps="$(steps_of "$workload")"
+        [ -x "$bin/speed-cuda" ] && measure "peanut-cuda $workload $precision false" \
+            PEANUT_SPEED_PRECISION="$precision" -- "$bin/speed-cuda" "$workload" "$steps"
+        [ "$torch" = 1 ] && measure "pytorch+peft $workload $precision false" \
+            PEANUT_SPEED_PRECISION="$precision" -- "$python" benches/speed_peer.py "$workload" "$steps"
     done
-    PEANUT_SPEED_DEVICE=cuda measure "$venv/bin/python" benches/speed_peer.py "$workload"
 done
-
-# The scale paths on CUDA: bf16 frozen weights, and gradient checkpointing (rows marked in the
-# table by their "precision" and "checkpointing" fields).
-if [[ " ${stacks[*]} " == *" cuda "* ]]; then
-    for workload in vit-train lm-train; do
-        PEANUT_SPEED_PRECISION=bf16 measure "target/device-cuda/release/examples/speed" "$workload"
-        PEANUT_SPEED_CHECKPOINTING=1 measure "target/device-cuda/release/examples/speed" "$workload"
+if [ -x "$bin/speed-cuda" ]; then
+    for precision in f32 bf16; do
+        for workload in $workloads; do
+            case "$workload" in *-train) ;; *) continue ;; esac
+            measure "peanut-cuda $workload $precision true" PEANUT_SPEED_PRECISION="$precision" \
+                PEANUT_SPEED_CHECKPOINTING=1 -- "$bin/speed-cuda" "$workload" "$(steps_of "$workload")"
+        done
+    done
+fi
+if [ "$wgpu" = 1 ]; then
+    for workload in $workloads; do
+        measure "peanut-wgpu $workload f32 false" PEANUT_SPEED_PRECISION=f32 -- \
+            "$bin/speed-wgpu" "$workload" "$(steps_of "$workload")"
     done
 fi
 
-# Data parallel on two GPUs: the CPU test that two devices train what one does, on cuda:0,1.
-gpus="$(nvidia-smi --query-gpu=index --format=csv,noheader | wc -l)"
-if [ "$gpus" -ge 2 ] && [ -z "${SKIP_MULTI_GPU:-}" ]; then
-    echo "== two GPUs: tests/train/scale.rs on cuda:0,1" >&2
-    PEANUT_TEST_DEVICES=cuda:0,1 CARGO_TARGET_DIR=target/device-cuda timeout 600 \
-        cargo test --release --no-default-features --features cuda --test train \
-        scale::two_devices_of_the_selected_backend >&2 \
-        && echo "two-GPU data parallel: matches one GPU" \
-        || echo "two-GPU data parallel: FAILED (see above)"
-else
-    echo "one GPU: the two-GPU data-parallel check is skipped"
+# The card's job on CUDA, end to end: train, kill -9 after the first epoch's checkpoint,
+# --resume to the export, evaluate the export.
+e2e() {
+    local peanut="$bin/peanut-cuda" work
+    work="$(mktemp -d)"
+    local size="${E2E_IMAGE_SIZE:-112}"
+    say "end to end: peanut train image on CUDA in $work"
+    PEANUT_SPEED_SIZE=small "$bin/speed-cuda" save-vit "$work/vit" >>"$log" 2>&1 \
+        || { say "end to end: cannot write the ViT"; return 1; }
+    # Stanford Cars in the Kaggle layout: car_data/car_data/{train,test}/<class>/*.png, here
+    # 4 classes of flat colours with noise (Python's standard library writes the PNGs).
+    python3 - "$work/cars/car_data/car_data" <<'PY' >>"$log" 2>&1 || { say "end to end: cannot write the images"; return 1; }
+import os, random, struct, sys, zlib
+root = sys.argv[1]
+classes = ["AM General Hummer SUV 2000", "Acura RL Sedan 2012", "Audi R8 Coupe 2012", "BMW M3 Coupe 2012"]
+colours = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40)]
+rng = random.Random(0)
+def png(path, rgb, side=48):
+    rows = b"".join(
+        b"\x00" + bytes(max(0, min(255, c + rng.randint(-30, 30))) for _ in range(side) for c in rgb)
+        for _ in range(side)
+    )
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+for split, count in (("train", 12), ("test", 4)):
+    for name, rgb in zip(classes, colours):
+        folder = os.path.join(root, split, name)
+        os.makedirs(folder, exist_ok=True)
+        for i in range(count):
+            png(os.path.join(folder, f"{i:05d}.png"), rgb)
+PY
+    local train=("$peanut" train image --model "$work/vit" --data-dir "$work/cars" \
+        --output-dir "$work/run" --epochs 3 --batch-size 8 --grad-accumulation 1 --image-size "$size")
+    echo "== end to end: ${train[*]}" >>"$log"
+    "${train[@]}" >>"$log" 2>&1 &
+    local job=$! waited=0
+    until [ -d "$work/run/checkpoint/epoch-1" ] || ! kill -0 "$job" 2>/dev/null || ((waited > 1200)); do
+        sleep 0.05
+        waited=$((waited + 1))
+    done
+    local killed=false
+    if kill -9 "$job" 2>/dev/null; then killed=true; fi
+    wait "$job" 2>/dev/null
+    echo "== end to end: resume (killed: $killed)" >>"$log"
+    timeout 90 "${train[@]}" --resume >>"$log" 2>&1 || { say "end to end: --resume failed"; return 1; }
+    [ -f "$work/run/export/peft/adapter_config.json" ] && [ -f "$work/run/export/head.safetensors" ] \
+        || { say "end to end: no export"; return 1; }
+    local eval_line
+    eval_line="$(timeout 45 "$peanut" eval image --model "$work/vit" --adapter "$work/run/export" \
+        --data-dir "$work/cars" 2>>"$log" | tail -n 1)" \
+        || { say "end to end: eval image failed"; return 1; }
+    # A run that finished before its first checkpoint was seen was not killed; the row says so.
+    say "end to end: trained, killed after epoch 1: $killed, resumed, exported; eval: $eval_line"
+    echo "{\"stack\": \"peanut-cuda\", \"workload\": \"train-image-e2e\", \"killed_after_epoch_1\": $killed, \
+\"resumed\": true, \"exported\": true}" >>"$rows"
+    rm -rf "$work"
+}
+if [ "${E2E:-1}" != 0 ] && [ -x "$bin/peanut-cuda" ] && [ -x "$bin/speed-cuda" ]; then
+    if ! e2e; then
+        failures=$((failures + 1))
+        row "peanut-cuda train-image-e2e f32 false" "\"failed\": \"see device-check.log\""
+    fi
 fi
 
-"$venv/bin/python" - "$results" <<'PY'
+python3 - "$rows" "$gpu" >"$out/device-check.md" <<'PY'
 import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print("\n| workload | stack | throughput | peak GPU MiB |")
-print("|---|---|---|---|")
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+key = lambda r: (r.get("workload"), r.get("precision", "f32"))
+theirs = {key(r): r for r in rows if r.get("stack") == "pytorch+peft" and "throughput" in r}
+print(f"GPU: {sys.argv[2]}\n")
+print("| workload | precision | stack | checkpointing | throughput | peak GPU MiB | vs PyTorch + peft |")
+print("|---|---|---|---|---|---|---|")
 for r in rows:
-    extra = []
-    if r.get("precision", "f32") != "f32":
-        extra.append(r["precision"])
-    if r.get("checkpointing"):
-        extra.append("checkpointing")
-    label = r["workload"] + (f" ({', '.join(extra)})" if extra else "")
-    print(f"| {label} | {r['stack']} | {r['throughput']:.2f} {r['unit']} | {r['peak_gpu_used_mib']} |")
+    if r.get("workload") == "train-image-e2e" and "failed" not in r and "skipped" not in r:
+        continue
+    if "throughput" not in r:
+        what = r.get("failed") and f"failed: {r['failed']}" or f"skipped: {r.get('skipped')}"
+        print(f"| {r['workload']} | {r.get('precision', '')} | {r['stack']} | {str(r.get('checkpointing', '')).lower()} | {what} | | |")
+        continue
+    ratio = ""
+    peer = theirs.get(key(r))
+    if r["stack"] != "pytorch+peft" and peer:
+        ratio = f"{r['throughput'] / peer['throughput']:.2f}x"
+        if peer.get("peak_gpu_mib"):
+            ratio += f", memory {r['peak_gpu_mib'] / peer['peak_gpu_mib']:.2f}x"
+    print(f"| {r['workload']} | {r.get('precision', 'f32')} | {r['stack']} | "
+          f"{str(r.get('checkpointing', False)).lower()} | {r['throughput']:.2f} {r['unit']} | "
+          f"{r['peak_gpu_mib']} | {ratio} |")
+e2e = [r for r in rows if r.get("workload") == "train-image-e2e" and "failed" not in r and "skipped" not in r]
+if e2e:
+    killed = "killed after epoch 1" if e2e[0].get("killed_after_epoch_1") else "finished before a kill"
+    print(f"\nEnd to end on CUDA: `peanut train image`, {killed}, resumed, exported, evaluated.")
 PY
-rm -f "$results"
+cat "$out/device-check.md"
+[ "$failures" -eq 0 ]

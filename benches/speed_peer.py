@@ -9,7 +9,9 @@ steps (user + system CPU time over wall time) and peak resident memory (VmHWM).
 
 Models are randomly initialised at real shapes (no download): ViT-S/14 at 112 px in
 transformers' ViT layout (DINOv2-S's shape) and a LLaMA with SmolLM2-135M's shape; PEANuT from
-peft on the same targets and rank.
+peft on the same targets and rank. `PEANUT_SPEED_SIZE=large` takes the GPU shapes (ViT-B/16 at
+224 px, Llama-3.2-1B's shape trained on 4 x 512 tokens), `PEANUT_SPEED_DEVICE=cuda` the GPU, and
+`PEANUT_SPEED_PRECISION=bf16` bfloat16 frozen weights under torch.autocast.
 """
 
 import json
@@ -24,7 +26,7 @@ import transformers
 VIT_BATCH, VIT_LABELS = 32, 10
 # transformers 5 names ViT's query and value projections q_proj and v_proj.
 VIT_TARGETS = ["q_proj", "v_proj"]
-LM_BATCH, LM_TOKENS = 4, 128
+LM_BATCH = 4
 PROMPT_TOKENS, NEW_TOKENS = 64, 32
 
 
@@ -58,6 +60,7 @@ def report(workload, throughput, unit, cores, **extra):
         "unit": unit,
         "cores": round(cores, 2),
         "peak_rss_mib": round(peak_rss_mib()),
+        "precision": PRECISION,
     }
     if DEVICE.startswith("cuda"):
         line["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
@@ -67,7 +70,30 @@ def report(workload, throughput, unit, cores, **extra):
 
 LARGE = os.environ.get("PEANUT_SPEED_SIZE") == "large"
 IMAGE = 224 if LARGE else 112
+LM_TOKENS = 512 if LARGE else 128
 DEVICE = os.environ.get("PEANUT_SPEED_DEVICE", "cpu")
+# `PEANUT_SPEED_PRECISION=bf16`: the frozen weights in bfloat16 and the forward under
+# torch.autocast(bfloat16), the usual PyTorch recipe; trainable tensors (adapters, head) and
+# AdamW's state stay float32, as with `peanut train --precision bf16`.
+PRECISION = os.environ.get("PEANUT_SPEED_PRECISION", "f32")
+if PRECISION not in ("f32", "bf16"):
+    sys.exit(f"PEANUT_SPEED_PRECISION={PRECISION!r}: expected f32 or bf16")
+
+
+def in_precision(model):
+    """The model with its frozen tensors in PRECISION and its trainable ones in float32."""
+    if PRECISION == "bf16":
+        model = model.to(torch.bfloat16)
+        for param in model.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
+    return model
+
+
+def autocast():
+    """The forward's autocast context: bfloat16 when PRECISION is bf16, else a no-op."""
+    device_type = "cuda" if DEVICE.startswith("cuda") else "cpu"
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=PRECISION == "bf16")
 
 
 def vit_config():
@@ -132,13 +158,16 @@ def vit_train(steps):
     torch.manual_seed(0)
     model = transformers.ViTForImageClassification(vit_config()).to(DEVICE)
     model = peft.get_peft_model(model, peanut(7, VIT_TARGETS, modules_to_save=["classifier"]))
+    model = in_precision(model)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     images = torch.randn(VIT_BATCH, 3, IMAGE, IMAGE, device=DEVICE)
     labels = (torch.arange(VIT_BATCH) % VIT_LABELS).to(DEVICE)
 
     def step():
-        loss = torch.nn.functional.cross_entropy(model(pixel_values=images).logits, labels)
+        with autocast():
+            logits = model(pixel_values=images).logits
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -155,11 +184,11 @@ def vit_infer(steps):
     for name, param in model.named_parameters():
         if "peanut_B" in name:
             torch.nn.init.normal_(param, std=0.02)
-    model = model.merge_and_unload().eval()
+    model = in_precision(model.merge_and_unload().eval())
     images = torch.randn(VIT_BATCH, 3, IMAGE, IMAGE, device=DEVICE)
 
     def step():
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast():
             model(pixel_values=images).logits.cpu()
 
     seconds, cores = timed(steps, step)
@@ -172,14 +201,18 @@ def lm_train(steps):
     model = transformers.LlamaForCausalLM(config).to(DEVICE)
     targets = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
     model = peft.get_peft_model(model, peanut(8, targets))
+    model = in_precision(model)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-4)
     ids = token_ids(LM_BATCH, LM_TOKENS + 1, config.vocab_size)
     inputs, targets = ids[:, :-1], ids[:, 1:].reshape(-1)
 
     def step():
-        logits = model(input_ids=inputs).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, config.vocab_size), targets)
+        with autocast():
+            logits = model(input_ids=inputs).logits
+        loss = torch.nn.functional.cross_entropy(
+            logits.float().reshape(-1, config.vocab_size), targets
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -205,7 +238,7 @@ def generate(repeats):
         if "peanut_B" in name:
             torch.nn.init.normal_(param, std=0.02)
     # As `peanut generate` and `eval lm` do: the adapter merged into the weights.
-    model = model.merge_and_unload().eval()
+    model = in_precision(model.merge_and_unload().eval())
     prompt = token_ids(1, PROMPT_TOKENS, config.vocab_size)
     prefill = decode = 0.0
     wall = cpu = None
@@ -214,7 +247,7 @@ def generate(repeats):
     for round_ in range(repeats + 1):
         if round_ == 1:
             wall, cpu = time.perf_counter(), cpu_seconds()
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast():
             start = time.perf_counter()
             out = model(input_ids=prompt, use_cache=True)
             cache = out.past_key_values

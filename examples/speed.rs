@@ -10,14 +10,16 @@
 //! Models are randomly initialised at real shapes (no download). `PEANUT_SPEED_SIZE=small` (the
 //! default, for CPUs): a ViT-S/14 at 112 px (the shape of DINOv2-S in transformers' ViT layout)
 //! and a LLaMA with SmolLM2-135M's shape; `large` (for GPUs, `benches/device-check.sh`): ViT-B/16
-//! at 224 px and a LLaMA with Llama-3.2-1B's shape. The backend is the one the cargo features
+//! at 224 px and a LLaMA with Llama-3.2-1B's shape, trained on 4 × 512 tokens (4 × 128 at the
+//! CPU shapes). The backend is the one the cargo features
 //! select (`--features flex`, `wgpu`, `cuda`). The last line printed is one JSON object: the
 //! workload, its throughput, the cores kept busy and the peak resident memory of this process,
 //! measured the same way as the Python peer does.
 //!
 //! The training workloads also take the scale options of `peanut train`:
 //! `PEANUT_SPEED_CHECKPOINTING=1` (gradient checkpointing), `PEANUT_SPEED_PRECISION=bf16` (or
-//! `f16`: the frozen weights' precision) and `PEANUT_SPEED_BATCH=8` (another ViT batch);
+//! `f16`: the frozen weights' precision; the inference workloads take it too, for the merged
+//! weights) and `PEANUT_SPEED_BATCH=8` (another ViT batch);
 //! `benches/scale-memory.sh` uses them to measure what checkpointing saves.
 //!
 //! The training workloads run as `peanut train` does by default (`--devices auto`): on a CPU
@@ -42,9 +44,8 @@ use peanut_train::backend::{self, CheckpointedTrainBackend, DeviceSpec, Selected
 const VIT_BATCH: usize = 32;
 /// Labels of the ViT head.
 const VIT_LABELS: usize = 10;
-/// LM training batch: sequences × tokens.
+/// LM training batch: sequences × tokens ([`lm_tokens`]).
 const LM_BATCH: usize = 4;
-const LM_TOKENS: usize = 128;
 /// Generation: prompt length and tokens generated greedily after it.
 const PROMPT_TOKENS: usize = 64;
 const NEW_TOKENS: usize = 32;
@@ -52,6 +53,11 @@ const NEW_TOKENS: usize = 32;
 /// `PEANUT_SPEED_SIZE=large` selects the GPU shapes.
 fn large() -> bool {
     std::env::var("PEANUT_SPEED_SIZE").is_ok_and(|size| size == "large")
+}
+
+/// Tokens per LM training sequence: 128, or 512 at the GPU shapes.
+fn lm_tokens() -> usize {
+    if large() { 512 } else { 128 }
 }
 
 fn image_size() -> usize {
@@ -149,6 +155,11 @@ fn vit_batch() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(VIT_BATCH)
+}
+
+/// The frozen weights' precision, as an extra JSON field (the inference workloads).
+fn precision_field() -> String {
+    format!(", \"precision\": \"{}\"", precision())
 }
 
 /// The scale options of a training workload, as extra JSON fields.
@@ -300,6 +311,8 @@ fn vit_infer(steps: usize) {
         .add_adapters(&Targets::vit_qv(), &adapter, 1)
         .expect("query and value exist");
     model.merge_adapters();
+    // The merged weights in the frozen weights' precision, as `peanut merge` then a bf16 load.
+    let model = peanut::cast_frozen(model, precision());
     let images = Tensor::<Selected, 4>::random(
         [VIT_BATCH, 3, image_size(), image_size()],
         Distribution::Normal(0.0, 1.0),
@@ -308,7 +321,13 @@ fn vit_infer(steps: usize) {
     let (seconds, cores) = timed(steps, || {
         let _ = model.forward(images.clone()).into_data();
     });
-    report("vit-infer", VIT_BATCH as f64 / seconds, "img/s", cores, "");
+    report(
+        "vit-infer",
+        VIT_BATCH as f64 / seconds,
+        "img/s",
+        cores,
+        &precision_field(),
+    );
 }
 
 fn token_ids<B: Backend>(
@@ -350,9 +369,11 @@ fn lm_train_on<B: AutodiffBackend<Device = burn::tensor::Device<Selected>>>(step
         .expect("q, k, v, up, down exist");
     let mut model = peanut::cast_frozen(model, precision());
     let mut optimizer = AdamWConfig::new().init::<B, Llama<B>>();
-    let ids = token_ids::<B>(LM_BATCH, LM_TOKENS + 1, vocab, &device);
-    let inputs = ids.clone().narrow(1, 0, LM_TOKENS);
-    let targets = ids.narrow(1, 1, LM_TOKENS).reshape([LM_BATCH * LM_TOKENS]);
+    let ids = token_ids::<B>(LM_BATCH, lm_tokens() + 1, vocab, &device);
+    let inputs = ids.clone().narrow(1, 0, lm_tokens());
+    let targets = ids
+        .narrow(1, 1, lm_tokens())
+        .reshape([LM_BATCH * lm_tokens()]);
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let mut last_loss = 0.0;
     let workers = workers(LM_BATCH);
@@ -364,13 +385,13 @@ fn lm_train_on<B: AutodiffBackend<Device = burn::tensor::Device<Selected>>>(step
                     inputs.clone().narrow(0, k * share, share),
                     targets
                         .clone()
-                        .narrow(0, k * share * LM_TOKENS, share * LM_TOKENS),
+                        .narrow(0, k * share * lm_tokens(), share * lm_tokens()),
                 )
             })
             .collect();
         let (loss, grads) = step_grads(&model, parts, &device, |model, (inputs, targets)| {
             let logits = model.forward(inputs, None);
-            loss_fn.forward(logits.reshape([share * LM_TOKENS, vocab]), targets)
+            loss_fn.forward(logits.reshape([share * lm_tokens(), vocab]), targets)
         });
         model = optimizer.step(3e-4, model.clone(), grads);
         last_loss = loss.into_scalar().elem::<f64>();
@@ -382,7 +403,7 @@ fn lm_train_on<B: AutodiffBackend<Device = burn::tensor::Device<Selected>>>(step
         cores,
         &format!(
             ", \"tokens_per_s\": {:.1}{}, \"workers\": {workers}, \"last_loss\": {last_loss:.6}",
-            (LM_BATCH * LM_TOKENS) as f64 / seconds,
+            (LM_BATCH * lm_tokens()) as f64 / seconds,
             scale_fields()
         ),
     );
@@ -401,6 +422,7 @@ fn generate(repeats: usize) {
         .expect("q, k, v, up, down exist");
     // As `peanut generate` and `eval lm` do (and peft's `merge_and_unload` on the other side).
     model.merge_adapters();
+    let model = peanut::cast_frozen(model, precision());
     let prompt = token_ids::<Selected>(1, PROMPT_TOKENS, vocab, &device);
     let (mut prefill, mut decode) = (0.0, 0.0);
     let (mut wall, mut cpu) = (Instant::now(), cpu_seconds());
@@ -435,8 +457,9 @@ fn generate(repeats: usize) {
         "tok/s",
         cores,
         &format!(
-            ", \"prefill_tokens_per_s\": {:.1}, \"decode_tokens_per_s\": {decode_rate:.2}",
-            PROMPT_TOKENS as f64 * repeats / prefill
+            ", \"prefill_tokens_per_s\": {:.1}, \"decode_tokens_per_s\": {decode_rate:.2}{}",
+            PROMPT_TOKENS as f64 * repeats / prefill,
+            precision_field()
         ),
     );
 }

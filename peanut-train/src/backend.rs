@@ -1,41 +1,51 @@
 //! The one place that picks the backend, by cargo feature: `cuda`, then `wgpu`, then `flex`,
 //! then `candle`, then `ndarray` (the default) — the first one enabled wins. Everything else in
 //! the workspace is generic over `B: Backend` and takes [`Selected`] / [`TrainBackend`] from here.
+//!
+//! The GPU features come in two builds: `cuda` / `wgpu` (the default) turn on burn's kernel
+//! fusion and autotune, `cuda-unfused` / `wgpu-unfused` autotune only. `cuda` and `wgpu` imply
+//! their `-unfused` feature, so the checks below test `cuda-unfused` / `wgpu-unfused`, which both
+//! builds of a GPU backend have; burn's `Cuda` / `Wgpu` types are the fused backends when its
+//! `fusion` feature is on. [`FUSED`] says which build this is.
 
 #[cfg(not(any(
     feature = "ndarray",
-    feature = "wgpu",
-    feature = "cuda",
+    feature = "wgpu-unfused",
+    feature = "cuda-unfused",
     feature = "flex",
     feature = "candle"
 )))]
 compile_error!(
-    "peanut-train needs a backend feature: `ndarray`, `wgpu`, `cuda`, `flex` or `candle`"
+    "peanut-train needs a backend feature: `ndarray`, `wgpu`, `cuda`, `flex` or `candle` \
+     (or `wgpu-unfused`, `cuda-unfused`)"
 );
 
 pub use crate::train::parallel::{DeviceKind, DeviceSpec};
 
 /// The inference backend chosen by cargo features.
-#[cfg(feature = "cuda")]
+#[cfg(feature = "cuda-unfused")]
 pub type Selected = burn::backend::Cuda;
 /// The inference backend chosen by cargo features.
-#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+#[cfg(all(feature = "wgpu-unfused", not(feature = "cuda-unfused")))]
 pub type Selected = burn::backend::Wgpu;
 /// The inference backend chosen by cargo features.
-#[cfg(all(feature = "flex", not(any(feature = "cuda", feature = "wgpu"))))]
+#[cfg(all(
+    feature = "flex",
+    not(any(feature = "cuda-unfused", feature = "wgpu-unfused"))
+))]
 pub type Selected = burn::backend::Flex;
 /// The inference backend chosen by cargo features.
 #[cfg(all(
     feature = "candle",
-    not(any(feature = "cuda", feature = "wgpu", feature = "flex"))
+    not(any(feature = "cuda-unfused", feature = "wgpu-unfused", feature = "flex"))
 ))]
 pub type Selected = burn::backend::Candle;
 /// The inference backend chosen by cargo features.
 #[cfg(all(
     feature = "ndarray",
     not(any(
-        feature = "wgpu",
-        feature = "cuda",
+        feature = "wgpu-unfused",
+        feature = "cuda-unfused",
         feature = "flex",
         feature = "candle"
     ))
@@ -56,9 +66,9 @@ pub type CheckpointedTrainBackend = burn::backend::Autodiff<
 >;
 
 /// A short name of the selected backend, for logs and `peanut info`.
-pub const NAME: &str = if cfg!(feature = "cuda") {
+pub const NAME: &str = if cfg!(feature = "cuda-unfused") {
     "cuda"
-} else if cfg!(feature = "wgpu") {
+} else if cfg!(feature = "wgpu-unfused") {
     "wgpu"
 } else if cfg!(feature = "flex") {
     "flex"
@@ -67,6 +77,10 @@ pub const NAME: &str = if cfg!(feature = "cuda") {
 } else {
     "ndarray"
 };
+
+/// Whether the selected backend runs through burn's kernel fusion (the `cuda` and `wgpu` builds;
+/// not `cuda-unfused`, `wgpu-unfused` or the CPU backends).
+pub const FUSED: bool = cfg!(any(feature = "cuda", feature = "wgpu"));
 
 /// The default device of the selected backend (the first GPU, or the CPU).
 pub fn device() -> burn::tensor::Device<Selected> {
@@ -111,9 +125,9 @@ pub fn tune_allocator() {
 }
 
 /// The kind of device the selected backend runs on.
-pub const KIND: DeviceKind = if cfg!(feature = "cuda") {
+pub const KIND: DeviceKind = if cfg!(feature = "cuda-unfused") {
     DeviceKind::Cuda
-} else if cfg!(feature = "wgpu") {
+} else if cfg!(feature = "wgpu-unfused") {
     DeviceKind::Wgpu
 } else {
     DeviceKind::Cpu
@@ -228,10 +242,10 @@ pub fn describe_devices(devices: usize, batch_size: usize) -> String {
 /// Device `index` of the selected backend (the CPU for every index on CPU backends).
 #[allow(unused_variables)]
 fn device_at(index: usize) -> burn::tensor::Device<Selected> {
-    #[cfg(feature = "cuda")]
+    #[cfg(feature = "cuda-unfused")]
     return burn::backend::cuda::CudaDevice::new(index);
-    #[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+    #[cfg(all(feature = "wgpu-unfused", not(feature = "cuda-unfused")))]
     return burn::backend::wgpu::WgpuDevice::DiscreteGpu(index);
-    #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+    #[cfg(not(any(feature = "wgpu-unfused", feature = "cuda-unfused")))]
     device()
 }
