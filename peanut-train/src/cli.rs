@@ -12,7 +12,7 @@ use std::sync::LazyLock;
 use clap::{Args, Parser, Subcommand};
 use peanut::Activation;
 use peanut_models::vit::ImageProcessorConfig;
-use peanut_models::{AdaptableModel, Vit, VitLoadOptions};
+use peanut_models::{Vit, VitLoadOptions};
 
 use crate::backend::{self, CheckpointedTrainBackend, Selected, TrainBackend};
 use crate::data::{self, Normalization};
@@ -21,12 +21,12 @@ use crate::hub::{self, HubOptions};
 use crate::schedule::Decay;
 use crate::train::{self, AdapterOptions, ImageTrainConfig, Method, RunOptions};
 
+use crate::export::{adapter_dir, write_labels};
 pub use infer::{
     AdapterFormat, ConvertArgs, EvalImageArgs, InfoArgs, InfoReport, MergeArgs, ModelFamily,
     PredictImageArgs, Prediction, ProcessorArgs, RankedLabel, ResampleArg, convert, eval_image,
     info, merge, predict_image,
 };
-use infer::{adapter_dir, write_labels};
 pub use lm::{
     EvalLmArgs, GenerateArgs, LmAdapterArgs, LmJob, TrainLmArgs, eval_lm, generate, generate_text,
     train_lm, train_lm_job,
@@ -259,6 +259,18 @@ pub struct TrainImageArgs {
     /// Train without RandomResizedCrop + flip (Resize + CenterCrop instead).
     #[arg(long)]
     pub no_augment: bool,
+    /// How the run directory is opened, and what else goes in it.
+    #[command(flatten)]
+    pub run_dir: RunDirArgs,
+    /// How the run executes: devices, gradient checkpointing, precision.
+    #[command(flatten)]
+    pub execution: ExecutionArgs,
+}
+
+/// How a training run opens its `--output-dir`, and whether it also writes a merged model
+/// (`train image` and `train lm`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct RunDirArgs {
     /// Continue the run in `--output-dir` from its last complete checkpoint (or finish its
     /// export); refused when the run was started with other options.
     #[arg(long, conflicts_with = "overwrite")]
@@ -266,12 +278,10 @@ pub struct TrainImageArgs {
     /// Start a new run in a `--output-dir` that holds an earlier one, replacing it.
     #[arg(long)]
     pub overwrite: bool,
-    /// Also write the merged model (Hugging Face format) to `<output-dir>/merged`.
+    /// Also write the merged model (transformers format; a language model with its tokenizer)
+    /// to `<output-dir>/merged`: what `peanut merge` writes from the run's export.
     #[arg(long)]
     pub merged: bool,
-    /// How the run executes: devices, gradient checkpointing, precision.
-    #[command(flatten)]
-    pub execution: ExecutionArgs,
 }
 
 /// Where and how a training run computes (`train image` and `train lm`).
@@ -353,13 +363,13 @@ impl TrainImageArgs {
             model: self.model.clone(),
             run: RunOptions {
                 dir: self.output_dir.clone(),
-                resume: self.resume,
-                overwrite: self.overwrite,
+                resume: self.run_dir.resume,
+                overwrite: self.run_dir.overwrite,
                 label: self.adapter.method.name().into(),
                 model: self.model.display().to_string(),
             },
             config: self.config(),
-            merged: self.merged,
+            merged: self.run_dir.merged,
             devices: self.execution.devices.clone(),
             checkpointing: self.execution.checkpointing,
         }
@@ -566,15 +576,28 @@ pub fn train_image_job(job: &ImageJob) -> Result<TrainImageOutcome> {
         println!("wrote {}", path.display());
     }
     if job.merged {
-        let mut model = trained.model;
-        model.config.id2label = Some(data.classes.clone());
-        model.merge_adapters();
         let merged = job.run.dir.join("merged");
-        train::export_atomically(&merged, |staging| {
-            model.save_merged(staging)?;
-            Ok(vec![])
-        })?;
-        println!("wrote {}", merged.display());
+        if config.method == Method::Full {
+            // Every weight was trained (at the training size): the model is the checkpoint.
+            let mut model = trained.model;
+            model.config.id2label = Some(data.classes.clone());
+            train::export_atomically(&merged, |staging| {
+                model.save_merged(staging)?;
+                Ok(vec![])
+            })?;
+            println!("wrote {}", merged.display());
+        } else {
+            // What `peanut merge` writes from this export: the base as its checkpoint has it
+            // (its own image size and position embeddings, f32 weights, whatever `--image-size`
+            // and `--precision` the run had) with the adapters merged.
+            drop(trained.model);
+            merge(MergeArgs {
+                model: model_dir.clone(),
+                adapter: export_dir.clone(),
+                output: merged,
+                processor: ProcessorArgs::default(),
+            })?;
+        }
     }
     Ok(TrainImageOutcome {
         test: report,

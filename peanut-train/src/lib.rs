@@ -34,6 +34,7 @@ pub mod backend;
 pub mod cli;
 pub mod data;
 pub mod error;
+pub mod export;
 pub mod hub;
 pub mod render;
 pub mod schedule;

@@ -17,16 +17,38 @@ pub fn use_dashboard() -> bool {
 
 /// A quiet renderer for logs and CI: one line per split at the end of every epoch, and at most
 /// one progress line every `interval` in between. Loss and accuracies are means over the
-/// epoch's examples so far (each batch weighted by its size, as burn's metric logs aggregate
-/// them, so a short last batch counts for what it holds); learning rate and throughput are the
-/// latest values.
+/// epoch's examples (each batch weighted by its size, as burn's metric logs aggregate them, so
+/// a short last batch counts for what it holds); learning rate and throughput are the latest
+/// values.
+///
+/// With several devices, burn reports the last step of an epoch once per device, each report
+/// saying the epoch is complete. The epoch's line waits until the next report of another split
+/// or epoch (or the end of the run) so that it counts every device's last batch and is printed
+/// once.
 pub struct PlainRenderer {
     names: BTreeMap<String, String>,
     train: BTreeMap<String, Running>,
     valid: BTreeMap<String, Running>,
+    /// A finished epoch whose line is not printed yet.
+    pending: Option<Finished>,
     last: Instant,
     interval: Duration,
     label: String,
+    print: fn(&str),
+}
+
+/// An epoch of one split that reported completion: where it stands and its values.
+struct Finished {
+    split: &'static str,
+    /// Epoch (1-based) and epoch count.
+    epoch: (usize, usize),
+    /// Items processed of the epoch's total, as burn counts them.
+    progress: Option<(usize, usize)>,
+    values: BTreeMap<String, Running>,
+}
+
+fn print_line(line: &str) {
+    println!("{line}");
 }
 
 impl PlainRenderer {
@@ -37,9 +59,11 @@ impl PlainRenderer {
             names: BTreeMap::new(),
             train: BTreeMap::new(),
             valid: BTreeMap::new(),
+            pending: None,
             last: Instant::now(),
             interval,
             label: label.into(),
+            print: print_line,
         }
     }
 
@@ -50,7 +74,13 @@ impl PlainRenderer {
         }
     }
 
-    fn line(&self, split: &str, item: &TrainingProgress, values: &BTreeMap<String, Running>) {
+    fn line(
+        &self,
+        split: &str,
+        epoch: (usize, usize),
+        progress: Option<(usize, usize)>,
+        values: &BTreeMap<String, Running>,
+    ) -> String {
         let metrics: Vec<String> = values
             .iter()
             .map(|(id, running)| {
@@ -60,38 +90,83 @@ impl PlainRenderer {
                 format!("{name} {}", format_value(value))
             })
             .collect();
+        let progress = progress
+            .map(|(done, total)| format!(" {done}/{total}"))
+            .unwrap_or_default();
+        format!(
+            "[{}] epoch {}/{} {split}{progress}: {}",
+            self.label,
+            epoch.0,
+            epoch.1,
+            metrics.join(", ")
+        )
+    }
+
+    /// Prints the finished epoch's line, if one waits.
+    fn flush(&mut self) {
+        if let Some(finished) = self.pending.take() {
+            let line = self.line(
+                finished.split,
+                finished.epoch,
+                finished.progress,
+                &finished.values,
+            );
+            (self.print)(&line);
+        }
+    }
+
+    fn render(&mut self, split: &'static str, item: TrainingProgress, valid: bool) {
         let progress = item
             .progress
             .as_ref()
-            .map(|p| format!(" {}/{}", p.items_processed, p.items_total))
-            .unwrap_or_default();
-        println!(
-            "[{}] epoch {}/{} {split}{progress}: {}",
-            self.label,
+            .map(|p| (p.items_processed, p.items_total));
+        let done = progress.is_some_and(|(processed, total)| processed >= total);
+        let epoch = (
             item.global_progress.items_processed,
             item.global_progress.items_total,
-            metrics.join(", ")
         );
-    }
-
-    fn render(&mut self, split: &str, item: TrainingProgress, valid: bool) {
-        let done = item
-            .progress
-            .as_ref()
-            .is_some_and(|p| p.items_processed >= p.items_total);
-        if done || self.last.elapsed() >= self.interval {
-            self.last = Instant::now();
-            let values = if valid { &self.valid } else { &self.train };
-            self.line(split, &item, values);
+        let values = if valid {
+            &mut self.valid
+        } else {
+            &mut self.train
+        };
+        // Another device's report of the epoch that already finished: its last batch joins
+        // the epoch's values.
+        if let Some(finished) = &mut self.pending
+            && done
+            && finished.split == split
+            && finished.epoch == epoch
+        {
+            for (id, running) in std::mem::take(values) {
+                finished.values.entry(id).or_default().merge(&running);
+            }
+            return;
         }
         if done {
-            let values = if valid {
-                &mut self.valid
-            } else {
-                &mut self.train
-            };
-            values.clear();
+            let values = std::mem::take(values);
+            self.flush();
+            self.pending = Some(Finished {
+                split,
+                epoch,
+                progress,
+                values,
+            });
+            self.last = Instant::now();
+            return;
         }
+        self.flush();
+        if self.last.elapsed() >= self.interval {
+            self.last = Instant::now();
+            let values = if valid { &self.valid } else { &self.train };
+            let line = self.line(split, epoch, progress, values);
+            (self.print)(&line);
+        }
+    }
+}
+
+impl Drop for PlainRenderer {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
@@ -120,6 +195,13 @@ impl Running {
             self.count += weight;
         }
         self.last = value;
+    }
+
+    /// Adds the entries another batch's `Running` holds.
+    fn merge(&mut self, other: &Running) {
+        self.sum += other.sum;
+        self.count += other.count;
+        self.last = other.last;
     }
 
     /// The weighted mean so far.
@@ -156,6 +238,18 @@ impl MetricsRendererTraining for PlainRenderer {
     fn render_valid(&mut self, item: TrainingProgress, _: Vec<ProgressType>) {
         self.render("valid", item, true);
     }
+
+    fn on_train_end(
+        &mut self,
+        summary: Option<burn::train::LearnerSummary>,
+    ) -> Result<(), Box<dyn core::error::Error>> {
+        self.flush();
+        // What burn's default does: the summary, when the learner made one.
+        if let Some(summary) = summary {
+            println!("{summary}");
+        }
+        Ok(())
+    }
 }
 
 impl MetricsRendererEvaluation for PlainRenderer {
@@ -166,10 +260,23 @@ impl MetricsRendererEvaluation for PlainRenderer {
     fn render_test(&mut self, item: EvaluationProgress, _: Vec<ProgressType>) {
         self.render("test", TrainingProgress::from(&item), true);
     }
+
+    fn on_test_end(
+        &mut self,
+        summary: Option<burn::train::LearnerSummary>,
+    ) -> Result<(), Box<dyn core::error::Error>> {
+        self.flush();
+        if let Some(summary) = summary {
+            println!("{summary}");
+        }
+        Ok(())
+    }
 }
 
 impl MetricsRenderer for PlainRenderer {
-    fn manual_close(&mut self) {}
+    fn manual_close(&mut self) {
+        self.flush();
+    }
 
     fn register_metric(&mut self, definition: MetricDefinition) {
         self.names
@@ -198,5 +305,77 @@ mod tests {
         plain.add(&NumericEntry::Value(1.0));
         plain.add(&NumericEntry::Value(3.0));
         assert_eq!(plain.mean(), 2.0);
+    }
+
+    thread_local! {
+        static LINES: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    fn collect(line: &str) {
+        LINES.with(|lines| lines.borrow_mut().push(line.to_string()));
+    }
+
+    fn accuracy(value: f64, count: usize) -> MetricState {
+        let id = MetricId::new(std::sync::Arc::new("Accuracy".to_string()));
+        let entry = burn::train::metric::MetricEntry::new(
+            id,
+            burn::train::metric::SerializedEntry {
+                formatted: String::new(),
+                serialized: String::new(),
+            },
+        );
+        MetricState::Numeric(
+            entry,
+            NumericEntry::Aggregated {
+                aggregated_value: value,
+                count,
+            },
+        )
+    }
+
+    fn at(step: usize, steps: usize, epoch: usize) -> TrainingProgress {
+        use burn::data::dataloader::Progress;
+        TrainingProgress {
+            progress: Some(Progress {
+                items_processed: step,
+                items_total: steps,
+            }),
+            global_progress: Progress {
+                items_processed: epoch,
+                items_total: 2,
+            },
+            iteration: None,
+        }
+    }
+
+    #[test]
+    fn an_epoch_reported_complete_by_two_devices_prints_one_line_with_both() {
+        let mut renderer = PlainRenderer::new("run", Duration::from_secs(3600));
+        renderer.print = collect;
+        renderer.register_metric(MetricDefinition {
+            metric_id: MetricId::new(std::sync::Arc::new("Accuracy".to_string())),
+            name: "Accuracy".to_string(),
+            description: None,
+            attributes: burn::train::metric::MetricAttributes::None,
+        });
+        // Two steps of 4 examples at 50 %, then each device's last batch of 2: 100 % and 0 %.
+        for (step, value, count) in [(1, 50.0, 4), (2, 50.0, 4), (3, 100.0, 2), (3, 0.0, 2)] {
+            renderer.update_train(accuracy(value, count));
+            renderer.render_train(at(step, 3, 1), Vec::new());
+        }
+        renderer.update_valid(accuracy(75.0, 4));
+        renderer.render_valid(at(1, 1, 1), Vec::new());
+        // The next epoch's first batch does not join the finished validation line.
+        renderer.update_train(accuracy(10.0, 4));
+        renderer.render_train(at(1, 3, 2), Vec::new());
+        drop(renderer);
+        let lines = LINES.with(|lines| lines.borrow().clone());
+        assert_eq!(
+            lines,
+            [
+                "[run] epoch 1/2 train 3/3: Accuracy 50.0000",
+                "[run] epoch 1/2 valid 1/1: Accuracy 75.0000",
+            ]
+        );
     }
 }

@@ -823,3 +823,24 @@ fn impossible_flag_values_are_refused_while_parsing() {
         parse(args).unwrap();
     }
 }
+
+#[test]
+fn an_export_that_cannot_be_written_says_so_not_malformed() {
+    // The export's parent is a file: every write fails as the OS refuses it.
+    let root = temp_dir("unwritable-export");
+    let blocker = root.join("a-file");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let mut model = tiny_vit(3);
+    model
+        .add_adapters(
+            &peanut_models::Targets::vit_qv(),
+            &PeanutConfig::new(2).into(),
+            1,
+        )
+        .unwrap();
+    let err = train::export_adapters(&model, &blocker.join("export"), None).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, TrainError::Model(_)), "{text}");
+    assert!(!text.contains("malformed"), "{text}");
+    assert!(text.contains("a-file"), "{text}");
+}

@@ -2,6 +2,8 @@
 //! `cli::run` (or, where the test reads what it reports, by the subcommand's function), on a tiny
 //! ViT checkpoint and an ImageFolder written by the test.
 
+use std::collections::BTreeMap;
+
 use burn::module::Module;
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
@@ -433,4 +435,109 @@ fn bad_command_lines_name_the_problem() {
         "convert", "--input", missing, "--output", "x", "--to", "peft",
     ]);
     assert!(err.contains(missing), "{err}");
+}
+
+/// The tensors of a safetensors file, by name: dtype, shape and raw bytes.
+fn tensors(path: &Path) -> BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    file.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let dtype = format!("{:?}", view.dtype());
+            (name, (dtype, view.shape().to_vec(), view.data().to_vec()))
+        })
+        .collect()
+}
+
+#[test]
+fn train_merged_is_what_merge_writes_whatever_the_training_size() {
+    let root = temp_dir("merged-size");
+    let data_dir = root.join("data");
+    image_folder(&data_dir, 2);
+    // The checkpoint is 16 px; the run trains at 32 px (position embeddings interpolated).
+    let model = tiny_checkpoint(&root);
+    let out = root.join("run");
+    let train = [
+        "train",
+        "image",
+        "--data-dir",
+        text(&data_dir),
+        "--model",
+        text(&model),
+        "--output-dir",
+        text(&out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--grad-accumulation",
+        "1",
+        "--image-size",
+        "32",
+        "--rank",
+        "2",
+        "--merged",
+    ];
+    cli::run(parse(&train)).unwrap();
+    let merged = root.join("merged");
+    cli::run(parse(&[
+        "merge",
+        "--model",
+        text(&model),
+        "--adapter",
+        text(&out.join("export")),
+        "--output",
+        text(&merged),
+    ]))
+    .unwrap();
+
+    // The same files, byte for byte.
+    let files = |dir: &Path| -> BTreeMap<String, Vec<u8>> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                (name, std::fs::read(&p).unwrap())
+            })
+            .collect()
+    };
+    let from_train = files(&out.join("merged"));
+    let from_merge = files(&merged);
+    assert_eq!(
+        from_train.keys().collect::<Vec<_>>(),
+        from_merge.keys().collect::<Vec<_>>()
+    );
+    for (name, bytes) in &from_train {
+        assert!(bytes == &from_merge[name], "{name} differs");
+    }
+    assert!(from_train.contains_key("preprocessor_config.json"));
+
+    // The checkpoint's own size, and every tensor of the base but the merged projections and
+    // the trained head bit for bit (the position embeddings included).
+    let config = VitConfig::from_hf_file(&out.join("merged/config.json")).unwrap();
+    assert_eq!(config.image_size, 16);
+    let base = tensors(&model.join("model.safetensors"));
+    let after = tensors(&out.join("merged/model.safetensors"));
+    assert_eq!(
+        base.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>()
+    );
+    let mut changed = Vec::new();
+    for (name, tensor) in &base {
+        if &after[name] != tensor {
+            changed.push(name.clone());
+        }
+    }
+    assert!(
+        !changed.is_empty()
+            && changed.iter().all(|n| n.contains("query")
+                || n.contains("value")
+                || n.contains("q_proj")
+                || n.contains("v_proj")
+                || n.starts_with("classifier")),
+        "changed: {changed:?}"
+    );
+    assert!(base.keys().any(|n| n.contains("position_embeddings")));
 }

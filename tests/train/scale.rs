@@ -548,3 +548,25 @@ fn a_two_device_run_resumes_on_one_device() {
 fn twice<D: Clone>(device: &D) -> [D; 2] {
     [device.clone(), device.clone()]
 }
+
+#[test]
+fn a_checkpoints_head_loaded_for_a_bf16_run_keeps_its_f32_values() {
+    // The head trains: it is read in f32, not cast to bf16 at load and widened back.
+    let root = temp_dir("bf16-head");
+    let dir = root.join("vit");
+    let model = tiny_vit(3);
+    let head = common::values(model.classifier.base.weight.val());
+    model.save_merged(&dir).unwrap();
+    let options = peanut_models::VitLoadOptions {
+        num_labels: Some(3),
+        precision: Precision::Bf16,
+        ..Default::default()
+    };
+    let (loaded, report) =
+        Vit::<TrainBackend>::from_pretrained(&dir, &options, &Default::default()).unwrap();
+    assert_eq!(report.fresh_head, None);
+    let (matrices, _) = matrix_dtypes(&loaded);
+    assert!(matrices.contains(&DType::BF16), "{matrices:?}");
+    let trained = loaded.with_trainable_head(true);
+    assert_eq!(common::values(trained.classifier.base.weight.val()), head);
+}

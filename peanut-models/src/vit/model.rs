@@ -69,8 +69,9 @@ pub struct VitLoadOptions {
     pub image_size: Option<usize>,
     /// Seed of a fresh head.
     pub head_seed: u64,
-    /// The type the linear weights (head included) are stored in, each cast as it is read
-    /// (`peanut::precision`); making the head train widens it to f32 again.
+    /// The type the backbone's linear weights are stored in, each cast as it is read
+    /// (`peanut::precision`). The classifier head is read in f32 (a run trains it); cast it
+    /// with `peanut::cast_frozen` where it stays frozen.
     pub precision: Precision,
 }
 
@@ -217,12 +218,15 @@ impl<B: Backend> Vit<B> {
             });
         }
         let mut source = Source::checkpoint(&checkpoint, device).with_precision(options.precision);
+        // The head is read (or drawn) in f32 whatever `precision` says: it is the one matrix
+        // a run trains besides the adapters, and casting it down to widen it back when it
+        // starts to train would lose its low mantissa bits. `peanut::cast_frozen` casts it
+        // later where it stays frozen.
         let mut head_source = if head_fits {
             Source::checkpoint(&checkpoint, device)
         } else {
             Source::random(options.head_seed, device)
-        }
-        .with_precision(options.precision);
+        };
         let (model, resized) = Self::build(config, backbone, &mut source, &mut head_source)?;
         report.resized_positions = resized.map(|from| (from, model.config.grid_size()));
         let used: std::collections::HashSet<String> = model

@@ -6,15 +6,13 @@
 //! - the image processor of a ViT checkpoint: its `preprocessor_config.json` (or the ViT default
 //!   at the checkpoint's image size, said on stderr), with the command-line flags as overrides
 //!   ([`ProcessorArgs`]);
-//! - export directories as `train image` writes them: adapters (`peanut/` or `peft/`, or the
-//!   directory itself), the trained head (`head.safetensors`, or the head peft saved whole via
-//!   `modules_to_save`), and class names (`labels.json`).
+//! - export directories as `train image` writes them, read through [`crate::export`].
 
 use std::path::{Path, PathBuf};
 
 use burn::module::{AutodiffModule, Module};
 use clap::Args;
-use peanut::io::{AdapterMap, PeftPaths, SavedModules, SavedTensor};
+use peanut::io::{AdapterMap, PeftPaths, SavedModules};
 use peanut_models::llama::LlamaPeftPaths;
 use peanut_models::vit::{ImageProcessorConfig, PREPROCESSOR_FILE, Resample, VitPeftPaths};
 use peanut_models::{AdaptableModel, Llama, Vit, VitConfig};
@@ -23,15 +21,14 @@ use super::{AdapterShapeArgs, load_vit, read_dataset, resolve_model_dir};
 use crate::backend::{self, Selected, TrainBackend};
 use crate::data::{self, ImageBatcher, Normalization, SampleRef, Transform};
 use crate::error::{Result, TrainError};
+use crate::export::{
+    CONVERT_FILES, Export, HEAD_FILE, LABELS_FILE, LM_SIDE_FILES, check_merge_output,
+    check_replaceable, read_head, write_head,
+};
 use crate::train::{self, AdapterOptions, ImageTrainConfig, Method};
 
 const MODEL_HINT: &str = "pass a directory holding transformers' config.json and safetensors \
      weights, or a Hugging Face id";
-
-/// The file an export keeps class names in.
-pub const LABELS_FILE: &str = "labels.json";
-/// The file an export keeps the trained classifier head in.
-pub const HEAD_FILE: &str = "head.safetensors";
 
 /// The kinds of model the subcommands handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -376,192 +373,6 @@ pub struct InfoArgs {
     pub num_labels: Option<usize>,
 }
 
-/// Writes `labels.json` (class names by index) into `dir`, atomically.
-pub(crate) fn write_labels(dir: &Path, classes: &[String]) -> Result<PathBuf> {
-    let path = dir.join(LABELS_FILE);
-    let json = serde_json::to_vec_pretty(classes).expect("labels serialize");
-    peanut_models::checkpoint::write_atomic(&path, &json)?;
-    Ok(path)
-}
-
-/// `dir/labels.json`, when present.
-pub(crate) fn read_labels(dir: &Path) -> Result<Option<Vec<String>>> {
-    let path = dir.join(LABELS_FILE);
-    if !path.is_file() {
-        return Ok(None);
-    }
-    let bytes = std::fs::read(&path).map_err(|e| TrainError::io("cannot read", &path, e))?;
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|source| TrainError::Json { path, source })
-}
-
-/// The adapter directory of an export directory (`peanut/`, else `peft/`), or `dir` itself.
-pub(crate) fn adapter_dir(dir: &Path) -> PathBuf {
-    ["peanut", "peft"]
-        .iter()
-        .map(|d| dir.join(d))
-        .find(|d| d.is_dir())
-        .unwrap_or_else(|| dir.to_path_buf())
-}
-
-/// The adapter directory inside an export directory, or `None` when it holds no adapter.
-///
-/// # Errors
-/// A `peanut/` or `peft/` directory, or adapter weights, without the configuration file beside
-/// them: the adapter would otherwise be skipped without a word.
-fn find_adapter(dir: &Path) -> Result<Option<PathBuf>> {
-    let configs = [
-        peanut::io::native::CONFIG_FILE,
-        peanut::io::peft::CONFIG_FILE,
-    ];
-    let weights = [
-        peanut::io::native::WEIGHTS_FILE,
-        peanut::io::peft::WEIGHTS_FILE,
-    ];
-    for candidate in [dir.join("peanut"), dir.join("peft"), dir.to_path_buf()] {
-        if configs.iter().any(|c| candidate.join(c).exists()) {
-            return Ok(Some(candidate));
-        }
-        let stray = weights.iter().find(|w| candidate.join(w).exists());
-        let named_dir = candidate != dir && candidate.is_dir();
-        if stray.is_some() || named_dir {
-            return Err(TrainError::io(
-                "no adapter configuration in",
-                &candidate,
-                std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    format!(
-                        "expected `{}` (peanut format) or `{}` (peft format){}",
-                        configs[0],
-                        configs[1],
-                        stray.map(|w| format!(" beside `{w}`")).unwrap_or_default()
-                    ),
-                ),
-            ));
-        }
-    }
-    Ok(None)
-}
-
-/// Reads a head file: `<module>.<param>` tensors (`classifier.weight` `[num_labels, hidden]`,
-/// `classifier.bias`) in PyTorch's layout, any float dtype.
-fn read_head(path: &Path) -> Result<SavedModules> {
-    let bytes = std::fs::read(path).map_err(|e| TrainError::io("cannot read", path, e))?;
-    let file = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| TrainError::malformed(path, e.to_string()))?;
-    let mut modules = SavedModules::new();
-    for (key, view) in file.tensors() {
-        let Some((module, param)) = key.rsplit_once('.') else {
-            return Err(TrainError::malformed(
-                path,
-                format!("tensor `{key}` is not `<module>.<weight|bias>`"),
-            ));
-        };
-        let Some(values) = peanut::io::decode_floats(view.data(), view.dtype()) else {
-            return Err(TrainError::malformed(
-                path,
-                format!("tensor `{key}` has dtype {:?}, not a float", view.dtype()),
-            ));
-        };
-        if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
-            return Err(TrainError::malformed(
-                path,
-                format!("tensor `{key}` holds a non-finite value ({bad})"),
-            ));
-        }
-        modules
-            .entry(module.to_string())
-            .or_default()
-            .params
-            .insert(
-                param.to_string(),
-                SavedTensor {
-                    shape: view.shape().to_vec(),
-                    values,
-                },
-            );
-    }
-    if !modules.contains_key("classifier") {
-        return Err(TrainError::malformed(path, "no tensor `classifier.weight`"));
-    }
-    Ok(modules)
-}
-
-/// What an export directory holds, read before the model is built (the head fixes the number
-/// of classes).
-struct Export {
-    /// The directory read (named in errors).
-    dir: PathBuf,
-    /// `export.json`, when the export has one.
-    manifest: Option<train::ExportManifest>,
-    adapters: AdapterMap<Selected>,
-    /// Whole modules: peft's `modules_to_save`, then `head.safetensors` over them.
-    saved: SavedModules,
-    labels: Option<Vec<String>>,
-}
-
-impl Export {
-    fn read(dir: &Path, paths: &dyn PeftPaths) -> Result<Self> {
-        let adapter = find_adapter(dir)?;
-        let head_path = dir.join(HEAD_FILE);
-        let head = head_path.is_file();
-        let Some(adapter) = adapter else {
-            if !head {
-                return Err(TrainError::io(
-                    "no adapter found in",
-                    dir,
-                    std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        "pass the `export` directory of a `train image` run (`peanut/` or \
-                         `peft/`, `head.safetensors`) or an adapter directory",
-                    ),
-                ));
-            }
-            return Ok(Self {
-                dir: dir.to_path_buf(),
-                manifest: train::ExportManifest::find(dir)?,
-                adapters: AdapterMap::new(),
-                saved: read_head(&head_path)?,
-                labels: read_labels(dir)?,
-            });
-        };
-        let (adapters, mut saved) =
-            peanut::io::load_any_with_saved::<Selected>(&adapter, paths, &backend::device())?;
-        if head {
-            saved.extend(read_head(&head_path)?);
-        }
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            manifest: train::ExportManifest::find(dir)?,
-            adapters,
-            saved,
-            labels: read_labels(dir)?,
-        })
-    }
-
-    /// The number of classes: `labels.json`, else the saved classifier's rows.
-    fn num_labels(&self) -> Option<usize> {
-        self.labels.as_ref().map(Vec::len).or_else(|| {
-            self.saved
-                .get("classifier")
-                .and_then(|head| head.params.get("weight"))
-                .and_then(|weight| weight.shape.first().copied())
-        })
-    }
-
-    /// Attaches the export to `model`, after checking (when the export has a manifest) that
-    /// `model` is the base it was trained from.
-    fn apply<M: AdaptableModel<Selected>>(self, model: &mut M) -> Result<()> {
-        if let Some(manifest) = &self.manifest {
-            manifest.check_base(model, &self.dir)?;
-        }
-        peanut::io::attach(model.linears_mut(), self.adapters)?;
-        peanut::io::attach_saved(model.linears_mut(), &self.saved)?;
-        Ok(())
-    }
-}
-
 /// A ViT ready for inference: base checkpoint, export applied, how to prepare its images.
 struct Inference {
     model: Vit<Selected>,
@@ -821,14 +632,6 @@ pub fn predict_image(args: PredictImageArgs) -> Result<Vec<Prediction>> {
     Ok(results)
 }
 
-/// Tokenizer and generation files a merged LLaMA-style checkpoint takes from its base.
-const LM_SIDE_FILES: [&str; 4] = [
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "generation_config.json",
-];
-
 /// `peanut merge`: the base model with the export's adapters (and head) merged, written as a
 /// transformers checkpoint — a ViT with its `preprocessor_config.json` and `id2label` from
 /// `labels.json`; a LLaMA-style model with its tokenizer files. The checkpoint is written
@@ -884,65 +687,6 @@ pub fn merge(args: MergeArgs) -> Result<()> {
         Ok(Vec::new())
     })?;
     println!("wrote {}", args.output.display());
-    Ok(())
-}
-
-/// The files `peanut merge` writes into its `--output`.
-const MERGE_FILES: [&str; 7] = [
-    peanut_models::checkpoint::WEIGHTS_FILE,
-    "config.json",
-    PREPROCESSOR_FILE,
-    LM_SIDE_FILES[0],
-    LM_SIDE_FILES[1],
-    LM_SIDE_FILES[2],
-    LM_SIDE_FILES[3],
-];
-
-/// The files `peanut convert` writes into its `--output` (either format, with a head).
-const CONVERT_FILES: [&str; 5] = [
-    peanut::io::native::CONFIG_FILE,
-    peanut::io::native::WEIGHTS_FILE,
-    peanut::io::peft::CONFIG_FILE,
-    peanut::io::peft::WEIGHTS_FILE,
-    HEAD_FILE,
-];
-
-/// Refuses an existing `--output` that holds anything a merge does not write (a dataset, a run
-/// directory, another model's shards): replacing it would delete those files.
-fn check_merge_output(output: &Path) -> Result<()> {
-    check_replaceable(output, &MERGE_FILES, "a merge")
-}
-
-/// Refuses an existing `output` that holds anything but the files `known` (which `what`
-/// writes): it is replaced whole, so anything else in it would be deleted.
-fn check_replaceable(output: &Path, known: &[&str], what: &str) -> Result<()> {
-    let Ok(entries) = std::fs::read_dir(output) else {
-        if output.exists() && !output.is_dir() {
-            return Err(TrainError::InvalidOption {
-                option: "--output",
-                reason: format!("`{}` is a file, not a directory", output.display()),
-            });
-        }
-        return Ok(());
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let known = name
-            .to_str()
-            .is_some_and(|n| known.contains(&n) && entry.path().is_file());
-        if !known {
-            return Err(TrainError::InvalidOption {
-                option: "--output",
-                reason: format!(
-                    "`{}` holds `{}`, which {what} does not write: {what} replaces the whole \
-                     directory, so name a new or empty directory (or one an earlier {} wrote)",
-                    output.display(),
-                    name.to_string_lossy(),
-                    what.trim_start_matches("a ")
-                ),
-            });
-        }
-    }
     Ok(())
 }
 
@@ -1048,33 +792,6 @@ fn convert_into(
     Ok(())
 }
 
-/// Writes saved modules as a head file (`<module>.<param>`, f32, PyTorch layout), atomically.
-fn write_head(path: &Path, saved: &SavedModules) -> Result<()> {
-    let owned: Vec<(String, Vec<usize>, Vec<u8>)> = saved
-        .iter()
-        .flat_map(|(module, saved)| {
-            saved.params.iter().map(move |(param, tensor)| {
-                (
-                    format!("{module}.{param}"),
-                    tensor.shape.clone(),
-                    tensor.values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                )
-            })
-        })
-        .collect();
-    let views = owned
-        .iter()
-        .map(|(key, shape, bytes)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                .map(|view| (key.clone(), view))
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .and_then(|views| safetensors::serialize(views, None))
-        .map_err(|e| TrainError::malformed(path, e.to_string()))?;
-    peanut_models::checkpoint::write_atomic(path, &views)?;
-    Ok(())
-}
-
 /// What `peanut info` reports.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InfoReport {
@@ -1105,7 +822,16 @@ impl InfoReport {
 
 impl std::fmt::Display for InfoReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "backend: {}", self.backend)?;
+        writeln!(
+            f,
+            "backend: {}{}",
+            self.backend,
+            if backend::FUSED {
+                " (burn's kernel fusion on)"
+            } else {
+                ""
+            }
+        )?;
         writeln!(f, "model: {}", self.family.name())?;
         if let Some(p) = &self.processor {
             writeln!(

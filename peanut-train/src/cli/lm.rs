@@ -106,17 +106,9 @@ pub struct TrainLmArgs {
     /// Examples held out for validation (LLM-Adapters' val_set_size); 0 for none.
     #[arg(long, default_value_t = LM.val_size)]
     pub val_size: usize,
-    /// Continue the run in `--output-dir` from its last complete checkpoint (or finish its
-    /// export); refused when the run was started with other options.
-    #[arg(long, conflicts_with = "overwrite")]
-    pub resume: bool,
-    /// Start a new run in a `--output-dir` that holds an earlier one, replacing it.
-    #[arg(long)]
-    pub overwrite: bool,
-    /// Also write the merged model (transformers format, with tokenizer.json) to
-    /// `<output-dir>/merged`.
-    #[arg(long)]
-    pub merged: bool,
+    /// How the run directory is opened, and what else goes in it.
+    #[command(flatten)]
+    pub run_dir: super::RunDirArgs,
     /// How the run executes: devices, gradient checkpointing, precision.
     #[command(flatten)]
     pub execution: ExecutionArgs,
@@ -177,13 +169,13 @@ impl TrainLmArgs {
             model: self.model.clone(),
             run: RunOptions {
                 dir: self.output_dir.clone(),
-                resume: self.resume,
-                overwrite: self.overwrite,
+                resume: self.run_dir.resume,
+                overwrite: self.run_dir.overwrite,
                 label: format!("{} lm", config.method.name()),
                 model: self.model.display().to_string(),
             },
             config,
-            merged: self.merged,
+            merged: self.run_dir.merged,
             devices: self.execution.devices.clone(),
             checkpointing: self.execution.checkpointing,
         }
@@ -383,15 +375,26 @@ pub fn train_lm_job(job: &LmJob) -> Result<()> {
         println!("wrote {}", path.display());
     }
     if job.merged {
-        let mut model = trained.model;
-        model.merge_adapters();
         let merged = job.run.dir.join("merged");
-        train::export_atomically(&merged, |staging| {
-            model.save_merged(staging)?;
-            copy_tokenizer(&model_dir, staging)?;
-            Ok(vec![])
-        })?;
-        println!("wrote {}", merged.display());
+        if config.method == Method::Full {
+            let model = trained.model;
+            train::export_atomically(&merged, |staging| {
+                model.save_merged(staging)?;
+                copy_tokenizer(&model_dir, staging)?;
+                Ok(vec![])
+            })?;
+            println!("wrote {}", merged.display());
+        } else {
+            // What `peanut merge` writes from this export: the base's own f32 weights with the
+            // adapters merged, whatever `--precision` the run had.
+            drop(trained.model);
+            super::merge(super::MergeArgs {
+                model: model_dir.clone(),
+                adapter: export_dir.clone(),
+                output: merged,
+                processor: super::ProcessorArgs::default(),
+            })?;
+        }
     }
     Ok(())
 }

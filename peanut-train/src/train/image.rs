@@ -411,37 +411,13 @@ pub fn export<B: Backend>(
     base_model: Option<&str>,
 ) -> Result<Vec<PathBuf>> {
     let mut written = run::export_adapters(model, dir, base_model)?;
-    let head = dir.join("head.safetensors");
-    let weight = model.classifier.base.weight.val().transpose();
-    let mut tensors = vec![("classifier.weight".to_string(), weight.into_data())];
-    if let Some(bias) = &model.classifier.base.bias {
-        tensors.push(("classifier.bias".to_string(), bias.val().into_data()));
-    }
-    let owned: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .into_iter()
-        .map(|(name, data)| {
-            let shape = data.shape.to_vec();
-            let values = data.convert::<f32>().into_vec::<f32>().unwrap_or_default();
-            (
-                name,
-                shape,
-                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            )
-        })
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
-        .iter()
-        .map(|(name, shape, bytes)| {
-            let view =
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                    .expect("shape matches bytes");
-            (name.clone(), view)
-        })
-        .collect();
+    let head = dir.join(crate::export::HEAD_FILE);
     std::fs::create_dir_all(dir).map_err(|e| TrainError::io("cannot create", dir, e))?;
-    let bytes = safetensors::serialize(views, None)
-        .map_err(|e| TrainError::malformed(&head, e.to_string()))?;
-    std::fs::write(&head, bytes).map_err(|e| TrainError::io("cannot write", &head, e))?;
+    let saved = peanut::io::SavedModules::from([(
+        "classifier".to_string(),
+        peanut::io::SavedModule::from_linear(&model.classifier),
+    )]);
+    crate::export::write_head(&head, &saved)?;
     written.push(head);
     // The peft export carries the head too (`modules_to_save`), for `PeftModel.from_pretrained`.
     let peft = dir.join("peft");

@@ -695,9 +695,9 @@ pub fn export_adapters<B: Backend, M: AdaptableModel<B>>(
         return Ok(written);
     }
     let native = dir.join("peanut");
-    model
-        .save_adapters(&native)
-        .map_err(|e| TrainError::malformed(&native, e.to_string()))?;
+    // The model's own error: a full disk or a refused write reads as that, not as a
+    // malformed file.
+    model.save_adapters(&native)?;
     written.push(native);
     // peft holds one method per file: PEANuT (`PEANUT`) or LoRA (`LORA`).
     if adapters
@@ -705,9 +705,7 @@ pub fn export_adapters<B: Backend, M: AdaptableModel<B>>(
         .all(|(_, a)| a.method() == adapters[0].1.method())
     {
         let peft = dir.join("peft");
-        model
-            .save_adapters_peft(&peft, base_model)
-            .map_err(|e| TrainError::malformed(&peft, e.to_string()))?;
+        model.save_adapters_peft(&peft, base_model)?;
         written.push(peft);
     }
     Ok(written)
