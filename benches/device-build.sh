@@ -7,7 +7,8 @@
 # Into target/device-bin (BIN_DIR): `speed-cuda` and `peanut-cuda` (examples/speed.rs and the
 # CLI, `--features cuda`: burn's CUDA backend with kernel fusion and autotune; CUDA is loaded at
 # run time, so no CUDA toolkit is needed here), `speed-wgpu` (`--features wgpu`), all release
-# builds, stripped; and `vulkan/libvulkan.so.1`, Debian's Vulkan loader (`apt-get download
+# builds, stripped and compressed with xz (`speed-cuda.xz`, …; device-check.sh unpacks them);
+# and `vulkan/libvulkan.so.1`, Debian's Vulkan loader (`apt-get download
 # libvulkan1`, unpacked with dpkg; NO_VULKAN_LOADER=1 skips it), which a machine with an NVIDIA
 # driver but no loader needs for the wgpu rows. Each backend builds in its own target folder
 # (target/device-cuda, target/device-wgpu): a cold build takes about 15 minutes per backend on
@@ -43,6 +44,15 @@ if [[ " $backends " == *" wgpu "* ]] && [ -z "${NO_VULKAN_LOADER:-}" ]; then
     cp -L "$(find "$work/root" -name 'libvulkan.so.1' | head -n 1)" "$dest/vulkan/libvulkan.so.1"
     rm -rf "$work"
 fi
+
+# Stripped, the three binaries are about 140 MiB (cubecl's kernels for every op and element
+# type); xz brings them under the limit, and device-check.sh unpacks them there.
+for binary in "$dest"/speed-* "$dest"/peanut-*; do
+    case "$binary" in *.xz) continue ;; esac
+    [ -f "$binary" ] || continue
+    echo "== xz $binary" >&2
+    xz -T0 -9 -f "$binary"
+done
 
 du -ab "$dest" | sort -n >&2
 total_mib=$(($(du -sb "$dest" | cut -f1) / 1048576))

@@ -59,6 +59,26 @@ say() { echo "device-check: $*" | tee -a "$log" >&2; }
 command -v nvidia-smi >/dev/null || { say "no nvidia-smi: not an NVIDIA GPU machine"; exit 1; }
 gpu="$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -n 1)"
 say "GPU: $gpu"
+# device-build.sh carries the binaries xz-compressed (they would not fit the 64 MiB otherwise):
+# unpack them once, with xz or else the python3 standard library.
+if compgen -G "$bin/*.xz" >/dev/null; then
+    unpacked="$out/bin"
+    mkdir -p "$unpacked"
+    for packed in "$bin"/*.xz; do
+        name="$(basename "$packed" .xz)"
+        if [ ! -x "$unpacked/$name" ] || [ "$packed" -nt "$unpacked/$name" ]; then
+            if command -v xz >/dev/null; then
+                xz -dc "$packed" >"$unpacked/$name.part"
+            else
+                "$python" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), sys.stdout.buffer)' \
+                    "$packed" >"$unpacked/$name.part"
+            fi && chmod +x "$unpacked/$name.part" && mv "$unpacked/$name.part" "$unpacked/$name" \
+                || say "could not unpack $packed"
+        fi
+    done
+    [ -d "$bin/vulkan" ] && cp -r "$bin/vulkan" "$unpacked/"
+    bin="$unpacked"
+fi
 [ -x "$bin/speed-cuda" ] || say "no $bin/speed-cuda: run benches/device-build.sh first (CUDA rows left out)"
 
 torch=0
@@ -71,7 +91,7 @@ fi
 # wgpu on the NVIDIA Vulkan driver: a loader carried beside the binaries, and the driver's ICD.
 wgpu=0
 if [ -x "$bin/speed-wgpu" ]; then
-    [ -d "$bin/vulkan" ] && export LD_LIBRARY_PATH="$PWD/$bin/vulkan${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    [ -d "$bin/vulkan" ] && export LD_LIBRARY_PATH="$(cd "$bin/vulkan" && pwd)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     for icd in /usr/share/vulkan/icd.d/nvidia_icd.json /etc/vulkan/icd.d/nvidia_icd.json \
         /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json; do
         if [ -f "$icd" ]; then
