@@ -19,8 +19,8 @@ use std::process::ExitCode;
 
 use peanut_train::TrainError;
 use peanut_train::backend;
-use peanut_train::cli::{self, ImageJob};
 use peanut_train::data::LAYOUTS_LOOKED_FOR;
+use peanut_train::jobs::{self, ImageJob};
 use peanut_train::train::ImageTrainConfig;
 
 /// Where Stanford Cars can be had, for the error messages.
@@ -81,7 +81,7 @@ fn main() -> ExitCode {
         backend::NAME
     );
     let data_dir = job.data_dir.clone();
-    match cli::train_image_job(&job) {
+    match jobs::train_image_job(&job) {
         Ok(outcome) => {
             println!(
                 "final: top-1 {:.2}%, top-5 {:.2}% on {} test images",

@@ -1,35 +1,32 @@
-//! The `peanut` command line: argument types (clap), the subcommand tree ([`Cli`]) and what
-//! each subcommand does ([`run`]). The binary (`src/bin/peanut.rs`) only parses and calls
-//! [`run`], so tests can call the same functions.
+//! The `peanut` command line: argument types (clap), the subcommand tree ([`Cli`]), how each
+//! subcommand's options become a job of [`crate::jobs`], and what it prints ([`run`]). The
+//! binary (`src/bin/peanut.rs`) only parses and calls [`run`], so tests can call the same
+//! functions.
 
 mod infer;
 mod lm;
 pub mod values;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::LazyLock;
 
 use clap::{Args, Parser, Subcommand};
 use peanut::Activation;
-use peanut_models::vit::ImageProcessorConfig;
-use peanut_models::{Vit, VitLoadOptions};
 
-use crate::backend::{self, CheckpointedTrainBackend, Selected, TrainBackend};
-use crate::data::{self, Normalization};
-use crate::error::{Result, TrainError};
-use crate::hub::{self, HubOptions};
+use crate::data::Normalization;
+use crate::error::Result;
+use crate::hub;
 use crate::schedule::Decay;
 use crate::train::{self, AdapterOptions, ImageTrainConfig, Method, RunOptions};
 
-use crate::export::{adapter_dir, write_labels};
+pub use crate::jobs::{ImageJob, LmJob, TrainImageOutcome, train_image_job, train_lm_job};
 pub use infer::{
-    AdapterFormat, ConvertArgs, EvalImageArgs, InfoArgs, InfoReport, MergeArgs, ModelFamily,
-    PredictImageArgs, Prediction, ProcessorArgs, RankedLabel, ResampleArg, convert, eval_image,
-    info, merge, predict_image,
+    ConvertArgs, EvalImageArgs, InfoArgs, MergeArgs, PredictImageArgs, ProcessorArgs, ResampleArg,
+    convert, eval_image, info, merge, predict_image,
 };
 pub use lm::{
-    EvalLmArgs, GenerateArgs, LmAdapterArgs, LmJob, TrainLmArgs, eval_lm, generate, generate_text,
-    train_lm, train_lm_job,
+    EvalLmArgs, GenerateArgs, LmAdapterArgs, TrainLmArgs, eval_lm, generate, generate_text,
+    train_lm,
 };
 
 /// PEANuT (weight-aware neural tweakers) and LoRA adapters on burn.
@@ -122,8 +119,15 @@ pub fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Merge(args) => merge(args),
-        Command::Convert(args) => convert(args),
+        Command::Merge(args) => {
+            merge(args.clone())?;
+            println!("wrote {}", args.output.display());
+            Ok(())
+        }
+        Command::Convert(args) => {
+            println!("{}", convert(args)?);
+            Ok(())
+        }
         Command::Info(args) => {
             println!("{}", info(args)?);
             Ok(())
@@ -314,47 +318,6 @@ impl Default for ExecutionArgs {
     }
 }
 
-/// Everything a `train image` run needs, built once, from the command line
-/// ([`TrainImageArgs::job`]) or from Rust code (`examples/cars.rs`), and only read afterwards.
-#[derive(Debug, Clone)]
-pub struct ImageJob {
-    /// Dataset directory or Hugging Face dataset id (as `--data-dir`).
-    pub data_dir: PathBuf,
-    /// Pretrained ViT directory or Hugging Face id (as `--model`).
-    pub model: PathBuf,
-    /// The run directory and how to open it (`--output-dir`, `--resume`, `--overwrite`).
-    pub run: RunOptions,
-    /// What the run computes.
-    pub config: ImageTrainConfig,
-    /// Also write the merged model to `<run directory>/merged`.
-    pub merged: bool,
-    /// The devices to train on (`--devices`).
-    pub devices: train::DeviceSpec,
-    /// Gradient checkpointing (`--checkpointing`).
-    pub checkpointing: bool,
-}
-
-impl ImageJob {
-    /// The paper's recipe ([`ImageTrainConfig::default`], ViT-B/16 in21k) on `data_dir`, in
-    /// the new run directory `output_dir`.
-    pub fn new(data_dir: impl Into<PathBuf>, output_dir: impl Into<PathBuf>) -> Self {
-        let config = ImageTrainConfig::default();
-        Self {
-            data_dir: data_dir.into(),
-            model: PathBuf::from(hub::VIT_B16_IN21K),
-            run: RunOptions {
-                label: config.method.name().into(),
-                model: hub::VIT_B16_IN21K.into(),
-                ..RunOptions::new(output_dir)
-            },
-            config,
-            merged: false,
-            devices: train::DeviceSpec::default(),
-            checkpointing: false,
-        }
-    }
-}
-
 impl TrainImageArgs {
     /// The job these options describe.
     pub fn job(&self) -> ImageJob {
@@ -400,208 +363,12 @@ impl TrainImageArgs {
     }
 }
 
-/// A `--model` argument as a directory: a local path, or a Hugging Face id taken from the cache
-/// or downloaded ([`hub::resolve_model`]); `hint` says what the directory should hold.
-fn resolve_model_dir(model: &Path, hint: &str) -> Result<PathBuf> {
-    let dir = hub::resolve_model(model, &HubOptions::from_env())?;
-    require_model_dir(&dir, hint)?;
-    Ok(dir)
-}
-
-/// An error unless `dir` is a directory; `hint` says what it should hold.
-fn require_model_dir(dir: &Path, hint: &str) -> Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    Err(TrainError::io(
-        "model directory not found",
-        dir,
-        std::io::Error::new(std::io::ErrorKind::NotFound, hint.to_string()),
-    ))
-}
-
-/// Every `--model` argument goes through here: a directory, or a hub id (cache or download).
-fn load_vit<B: burn::tensor::backend::Backend<Device = burn::tensor::Device<Selected>>>(
-    model: &Path,
-    num_labels: Option<usize>,
-    image_size: Option<u32>,
-    seed: u64,
-    precision: peanut::Precision,
-) -> Result<Vit<B>> {
-    train::check_precision::<B>(&backend::device(), precision)?;
-    let dir = &hub::resolve_model(model, &HubOptions::from_env())?;
-    if !dir.is_dir() {
-        return Err(TrainError::io(
-            "not a model directory",
-            dir,
-            std::io::Error::new(
-                std::io::ErrorKind::NotADirectory,
-                "pass a directory holding transformers' config.json and model.safetensors, or a \
-                 Hugging Face id such as google/vit-base-patch16-224-in21k",
-            ),
-        ));
-    }
-    let options = VitLoadOptions {
-        num_labels,
-        image_size: image_size.map(|s| s as usize),
-        head_seed: seed,
-        precision,
-    };
-    let (model, report) = Vit::from_pretrained(dir, &options, &backend::device())?;
-    for note in report.notes() {
-        eprintln!("{}: {note}", dir.display());
-    }
-    Ok(model)
-}
-
-/// Every `--data-dir` argument goes through here: a directory, or a hub id (cache or download).
-fn read_dataset(data_dir: &Path) -> Result<data::ImageDataset> {
-    if !data_dir.exists() && hub::parse_arg(data_dir).is_err() {
-        // Neither a path nor a hub id: detection's error names the path and every layout.
-        return data::detect(data_dir);
-    }
-    data::detect(&hub::resolve_dataset(data_dir, &HubOptions::from_env())?)
-}
-
 /// `peanut train image`.
 pub fn train_image(args: TrainImageArgs) -> Result<()> {
     train_image_run(args).map(|_| ())
 }
 
-/// What a finished `train image` run reports.
-#[derive(Debug, Clone)]
-pub struct TrainImageOutcome {
-    /// Accuracy and loss on the test split.
-    pub test: train::EvalReport,
-    /// Trainable parameter count.
-    pub trainable_params: usize,
-    /// The export directory (adapters, head, labels).
-    pub export_dir: PathBuf,
-}
-
 /// `peanut train image`, returning the test accuracies and the export directory.
 pub fn train_image_run(args: TrainImageArgs) -> Result<TrainImageOutcome> {
     train_image_job(&args.job())
-}
-
-/// Runs a `train image` job: reads the data, loads the model, trains (or resumes), evaluates on
-/// the test split and exports the adapters, head and labels to `<run directory>/export`.
-///
-/// # Errors
-/// Invalid options, unusable data or model, a refused run directory, or a diverging run.
-pub fn train_image_job(job: &ImageJob) -> Result<TrainImageOutcome> {
-    let mut config = job.config.clone().check()?;
-    let devices = backend::training_devices(&job.devices, config.batch_size)?;
-    let data = read_dataset(&job.data_dir)?;
-    data.check_trainable()?;
-    train::check_run_dir(&job.run.dir, &data.root, &job.run.model)?;
-    println!(
-        "{:?} dataset at {}: {} classes, {} train / {} test images ({} + {} unreadable, skipped)",
-        data.layout,
-        data.root.display(),
-        data.classes.len(),
-        data.train.samples.len(),
-        data.test.samples.len(),
-        data.train.skipped,
-        data.test.skipped
-    );
-    // Resolved once (a hub id may download); `load_vit` takes the directory as it is.
-    let model_dir = hub::resolve_model(&job.model, &HubOptions::from_env())?;
-    // Pixels are normalised as the checkpoint's `preprocessor_config.json` says (ImageNet
-    // statistics for DINOv2, DeiT, BEiT …); without one, the ViT default (0.5, 0.5) is used
-    // and stderr says so. The size stays `--image-size` (augmentation crops to it).
-    if model_dir.is_dir() {
-        let fallback = ImageProcessorConfig::vit(config.image_size);
-        let (processor, note) = ImageProcessorConfig::from_model_dir(&model_dir, fallback)?;
-        if let Some(note) = note {
-            eprintln!("{note}");
-        }
-        config = config.with_normalization(Normalization::from_processor(&processor));
-    }
-    let config = &config;
-    // The training backend is a type: gradient checkpointing picks the other one.
-    let trained = if job.checkpointing {
-        let model = load_vit::<CheckpointedTrainBackend>(
-            &model_dir,
-            Some(data.classes.len()),
-            Some(config.image_size),
-            config.seed,
-            config.precision,
-        )?;
-        train::train_image_on(model, &data, config, &job.run, &devices)?
-    } else {
-        let model = load_vit::<TrainBackend>(
-            &model_dir,
-            Some(data.classes.len()),
-            Some(config.image_size),
-            config.seed,
-            config.precision,
-        )?;
-        train::train_image_on(model, &data, config, &job.run, &devices)?
-    };
-    if trained.skipped_images + trained.skipped_valid_images > 0 {
-        println!(
-            "unreadable images left out during the run: {} in training, {} in validation \
-             (counted once per epoch)",
-            trained.skipped_images, trained.skipped_valid_images
-        );
-    }
-    let report = train::evaluate(
-        &trained.model,
-        &data.test,
-        config.image_size,
-        config.normalization,
-        config.batch_size,
-        &devices[0],
-    );
-    println!(
-        "test: top-1 {:.2}%, top-5 {:.2}% on {} images; {} trainable parameters",
-        100.0 * report.top1,
-        100.0 * report.top5,
-        report.count,
-        trained.trainable_params
-    );
-    let export_dir = job.run.dir.join("export");
-    let written = train::export_atomically(&export_dir, |staging| {
-        let mut written = train::export(&trained.model, staging, job.model.to_str())?;
-        written.push(write_labels(staging, &data.classes)?);
-        if config.method != Method::Full {
-            let manifest =
-                train::ExportManifest::of(&trained.model, &job.run.model, Some(config.image_size));
-            written.push(manifest.write(staging)?);
-        }
-        Ok(written)
-    })?;
-    for path in written {
-        println!("wrote {}", path.display());
-    }
-    if job.merged {
-        let merged = job.run.dir.join("merged");
-        if config.method == Method::Full {
-            // Every weight was trained (at the training size): the model is the checkpoint.
-            let mut model = trained.model;
-            model.config.id2label = Some(data.classes.clone());
-            train::export_atomically(&merged, |staging| {
-                model.save_merged(staging)?;
-                Ok(vec![])
-            })?;
-            println!("wrote {}", merged.display());
-        } else {
-            // What `peanut merge` writes from this export: the base as its checkpoint has it
-            // (its own image size and position embeddings, f32 weights, whatever `--image-size`
-            // and `--precision` the run had) with the adapters merged.
-            drop(trained.model);
-            merge(MergeArgs {
-                model: model_dir.clone(),
-                adapter: export_dir.clone(),
-                output: merged,
-                processor: ProcessorArgs::default(),
-            })?;
-        }
-    }
-    Ok(TrainImageOutcome {
-        test: report,
-        trainable_params: trained.trainable_params,
-        export_dir,
-    })
 }

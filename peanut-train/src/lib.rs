@@ -15,6 +15,9 @@
 //! cli (+ cli/lm)  parses the command line into typed jobs and configs, prints results
 //!   │
 //!   ▼
+//! jobs            every subcommand as a typed job callable from Rust (train image, eval,
+//!   │             predict, merge, convert, info), and loading of --model / --data-dir
+//!   ▼
 //! train           the pipelines on burn's Learner (its own map: train/mod.rs)
 //!   ├── image, lm        configs, data loading, evaluation, export of each task
 //!   ├── fit              the one Learner set-up both pipelines run
@@ -24,6 +27,7 @@
 //!   └── checkpoint       crash-safe, trainable-only epoch checkpoints
 //! data            datasets (Stanford Cars, ImageFolder, parquet, digits, instruction JSON),
 //!                 transforms, batchers, the seeded RNG
+//! export          the export directory: layout, labels, head, reader, replaceable outputs
 //! hub             Hugging Face ids for models and datasets
 //! schedule        warmup + decay learning-rate factor
 //! render, backend, error   progress lines, the backend choice, the error type
@@ -36,6 +40,7 @@ pub mod data;
 pub mod error;
 pub mod export;
 pub mod hub;
+pub mod jobs;
 pub mod render;
 pub mod schedule;
 pub mod train;

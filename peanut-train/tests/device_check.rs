@@ -8,7 +8,8 @@
 //! gives each of our rows its ratio to PyTorch's row of the same workload and precision; the
 //! end-to-end job trains, is killed, resumes and exports; failures and time-outs are rows of
 //! their own and make the exit status 1 without stopping the check; a spent time budget skips
-//! rows instead of running them; nothing is built or downloaded.
+//! rows instead of running them; nothing is built or downloaded; binaries carried
+//! xz-compressed are unpacked and run.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -227,6 +228,39 @@ fn device_check_runs_every_row_and_the_end_to_end_job_without_building() {
     assert_eq!(spent.len(), 20, "{spent:?}");
     assert!(spent.iter().all(|r| r["skipped"].is_string()), "{spent:?}");
     assert!(!calls(&root).contains("speed-cuda vit"), "{}", calls(&root));
+
+    // Binaries carried xz-compressed (as device-build.sh leaves them) are unpacked and run.
+    let packed = root.join("packed");
+    std::fs::create_dir_all(&packed).unwrap();
+    let status = Command::new("python3")
+        .args([
+            "-c",
+            "import lzma, sys; open(sys.argv[2], 'wb').write(lzma.compress(open(sys.argv[1], 'rb').read()))",
+        ])
+        .arg(root.join("bin/speed-cuda"))
+        .arg(packed.join("speed-cuda.xz"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let packed_bin = packed.display().to_string();
+    let output = check(
+        &root,
+        "packed-run",
+        &[
+            ("BIN_DIR", packed_bin.as_str()),
+            ("WORKLOADS", "vit-train"),
+            ("E2E", "0"),
+        ],
+    );
+    assert!(output.status.success(), "{output:?}");
+    let unpacked = rows(&root, "packed-run");
+    assert!(
+        unpacked.iter().any(|r| r["stack"] == "peanut-cuda"
+            && r["workload"] == "vit-train"
+            && r["throughput"].is_number()),
+        "{unpacked:?}"
+    );
+    assert!(root.join("packed-run/bin/speed-cuda").is_file());
 
     std::fs::remove_dir_all(&root).unwrap();
 }

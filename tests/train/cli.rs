@@ -39,7 +39,11 @@ fn tiny_checkpoint(dir: &Path) -> PathBuf {
     model
 }
 
-fn predict(model: &Path, adapter: Option<&Path>, images: &[PathBuf]) -> Vec<cli::Prediction> {
+fn predict(
+    model: &Path,
+    adapter: Option<&Path>,
+    images: &[PathBuf],
+) -> Vec<peanut_train::jobs::Prediction> {
     let mut args = vec![
         "predict",
         "image",
@@ -59,7 +63,7 @@ fn predict(model: &Path, adapter: Option<&Path>, images: &[PathBuf]) -> Vec<cli:
     cli::predict_image(args).unwrap()
 }
 
-fn logits(predictions: &[cli::Prediction]) -> Vec<f64> {
+fn logits(predictions: &[peanut_train::jobs::Prediction]) -> Vec<f64> {
     predictions
         .iter()
         .flat_map(|p| p.logits.iter().map(|&v| v as f64))
@@ -133,6 +137,25 @@ fn train_eval_predict_merge_and_convert_from_the_command_line() {
     assert_eq!((report.count, report.skipped), (6, 0));
     assert!((0.0..=1.0).contains(&report.top1) && report.top5 >= report.top1);
     assert!(report.loss.is_finite());
+    // The same job built in Rust, without the command line, gives the same report.
+    let job = peanut_train::jobs::EvalImageJob {
+        adapter: Some(export.clone()),
+        processor: peanut_train::jobs::ProcessorOverrides {
+            image_size: Some(16),
+            ..Default::default()
+        },
+        ..peanut_train::jobs::EvalImageJob::new(&data_dir, &model)
+    };
+    let from_rust = job.run().unwrap();
+    assert_eq!(
+        (
+            from_rust.top1,
+            from_rust.top5,
+            from_rust.loss,
+            from_rust.count
+        ),
+        (report.top1, report.top5, report.loss, report.count)
+    );
     cli::run(parse(&eval)).unwrap();
 
     // predict image: top-2 labels by name, sorted, and all 3 logits, per image.

@@ -39,7 +39,7 @@ fn predict(
     model: &Path,
     adapter: Option<&Path>,
     extra: &[&str],
-) -> peanut_train::Result<Vec<cli::Prediction>> {
+) -> peanut_train::Result<Vec<peanut_train::jobs::Prediction>> {
     let images = image_paths();
     let mut args = vec!["peanut", "predict", "image", "--model", text(model)];
     if let Some(adapter) = adapter {
@@ -55,7 +55,12 @@ fn predict(
 }
 
 /// Each image's logits next to the golden `<prefix>.<image>` ones.
-fn assert_logits(what: &str, predictions: &[cli::Prediction], prefix: &str, tol: f64) {
+fn assert_logits(
+    what: &str,
+    predictions: &[peanut_train::jobs::Prediction],
+    prefix: &str,
+    tol: f64,
+) {
     let golden = golden();
     assert_eq!(predictions.len(), IMAGES.len());
     for (prediction, name) in predictions.iter().zip(IMAGES) {
@@ -662,7 +667,7 @@ fn llama_adapters_convert_merge_and_info_by_model_type() {
         unreachable!()
     };
     let report = cli::info(args).unwrap();
-    assert_eq!(report.family, cli::ModelFamily::Llama);
+    assert_eq!(report.family, peanut_models::ModelFamily::Llama);
     assert_eq!(report.adapted.len(), 2 * 5);
     assert!(
         report
@@ -681,7 +686,7 @@ fn llama_adapters_convert_merge_and_info_by_model_type() {
         unreachable!()
     };
     let report = cli::info(args).unwrap();
-    assert_eq!(report.family, cli::ModelFamily::Vit);
+    assert_eq!(report.family, peanut_models::ModelFamily::Vit);
     let processor = report.processor.clone().unwrap();
     assert_eq!(processor.crop_size, Some((24, 24)));
     assert!(report.to_string().contains("0.485"), "{report}");

@@ -896,7 +896,7 @@ fn an_lm_job_built_in_rust_equals_the_command_lines() {
     let cli::Command::Train(cli::TrainCommand::Lm(parsed)) = parse(&args).command else {
         unreachable!()
     };
-    let mut job = cli::LmJob::new(&data, &model_dir, root.join("rust"));
+    let mut job = peanut_train::jobs::LmJob::new(&data, &model_dir, root.join("rust"));
     job.config.adapter.rank = 2;
     job.config.warmup_steps = 0;
     job.config.val_size = 2;
@@ -907,8 +907,8 @@ fn an_lm_job_built_in_rust_equals_the_command_lines() {
         (job.data.clone(), job.model.clone()),
         (from_cli.data.clone(), from_cli.model.clone())
     );
-    cli::train_lm_job(&job).unwrap();
-    cli::train_lm_job(&from_cli).unwrap();
+    peanut_train::jobs::train_lm_job(&job).unwrap();
+    peanut_train::jobs::train_lm_job(&from_cli).unwrap();
     let read =
         |dir: &Path| std::fs::read(dir.join("export/peft/adapter_model.safetensors")).unwrap();
     assert_eq!(read(&root.join("rust")), read(&out), "same run, same bytes");

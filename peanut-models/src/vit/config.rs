@@ -163,7 +163,11 @@ impl VitConfig {
                 supported: VIT_ARCHITECTURES,
             });
         }
-        if file.model_type.as_deref().is_some_and(|t| t != "vit") {
+        if file
+            .model_type
+            .as_deref()
+            .is_some_and(|t| !crate::ModelFamily::Vit.model_types().contains(&t))
+        {
             return Err(ModelError::UnsupportedArchitecture {
                 path: path.to_path_buf(),
                 found: vec![format!(

@@ -1,26 +1,17 @@
 //! The causal-LM subcommands: `train lm`, `eval lm` and `generate`.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::LazyLock;
 
 use clap::Args;
-use peanut_models::llama::{GenerationConfig, LlamaConfig, Sampling, Tokenizer};
-use peanut_models::{AdaptableModel, Llama};
 
-use super::{AdapterShapeArgs, ExecutionArgs, adapter_dir, resolve_model_dir, values};
-use burn::tensor::backend::AutodiffBackend;
-
-use crate::backend::{self, CheckpointedTrainBackend, Selected, TrainBackend};
-use crate::data::instruct::{self, Instruction, Task};
-use crate::error::{Result, TrainError};
+use super::{AdapterShapeArgs, ExecutionArgs, values};
+use crate::data::instruct::Task;
+use crate::error::Result;
+use crate::jobs::{EvalLmJob, GenerateJob, LmJob, train_lm_job};
 use crate::schedule::Decay;
 use crate::train::lm::{self as lm_train, LmEvalReport, LmTrainConfig};
-use crate::train::{self, Checked, Method, RunOptions};
-
-const MODEL_HINT: &str = "pass a Hugging Face id or a local directory holding transformers' config.json, the \
-     safetensors weights and tokenizer.json of a LlamaForCausalLM or Qwen2ForCausalLM model \
-     (download it with `huggingface-cli download` on a machine with network access)";
+use crate::train::{Method, RunOptions};
 
 /// The defaults of `train lm`: the library's [`LmTrainConfig::default`], so that a value is
 /// written once.
@@ -112,52 +103,6 @@ pub struct TrainLmArgs {
     /// How the run executes: devices, gradient checkpointing, precision.
     #[command(flatten)]
     pub execution: ExecutionArgs,
-}
-
-/// Everything a `train lm` run needs, built once, from the command line
-/// ([`TrainLmArgs::job`]) or from Rust code ([`LmJob::new`]), and only read afterwards.
-#[derive(Debug, Clone)]
-pub struct LmJob {
-    /// The instruction data (LLM-Adapters JSON or JSON lines).
-    pub data: PathBuf,
-    /// The pretrained causal LM: a directory or a Hugging Face id (as `--model`).
-    pub model: PathBuf,
-    /// The run directory and how to open it (`--output-dir`, `--resume`, `--overwrite`).
-    pub run: RunOptions,
-    /// What the run computes.
-    pub config: LmTrainConfig,
-    /// Also write the merged model to `<run directory>/merged`.
-    pub merged: bool,
-    /// The devices to train on (`--devices`).
-    pub devices: train::DeviceSpec,
-    /// Gradient checkpointing (`--checkpointing`).
-    pub checkpointing: bool,
-}
-
-impl LmJob {
-    /// The paper's LLM recipe ([`LmTrainConfig::default`]) of `model` on `data`, in the new run
-    /// directory `output_dir`, on one device.
-    pub fn new(
-        data: impl Into<PathBuf>,
-        model: impl Into<PathBuf>,
-        output_dir: impl Into<PathBuf>,
-    ) -> Self {
-        let config = LmTrainConfig::default();
-        let model = model.into();
-        Self {
-            data: data.into(),
-            run: RunOptions {
-                label: format!("{} lm", config.method.name()),
-                model: model.display().to_string(),
-                ..RunOptions::new(output_dir)
-            },
-            model,
-            config,
-            merged: false,
-            devices: train::DeviceSpec::default(),
-            checkpointing: false,
-        }
-    }
 }
 
 impl TrainLmArgs {
@@ -285,207 +230,55 @@ pub struct GenerateArgs {
     pub seed: u64,
 }
 
-fn load_tokenizer(model: &Path) -> Result<Tokenizer> {
-    let path = model.join("tokenizer.json");
-    if !path.is_file() {
-        return Err(TrainError::io(
-            "cannot read",
-            &path,
-            std::io::Error::new(std::io::ErrorKind::NotFound, MODEL_HINT),
-        ));
-    }
-    Ok(Tokenizer::from_file(&path)?)
-}
-
-fn copy_tokenizer(model: &Path, dir: &Path) -> Result<()> {
-    let to = dir.join("tokenizer.json");
-    std::fs::copy(model.join("tokenizer.json"), &to)
-        .map(|_| ())
-        .map_err(|e| TrainError::io("cannot write", &to, e))
-}
-
-/// The base model with `adapter` (an adapter or export directory) loaded and merged, and its
-/// tokenizer.
-fn inference_llama(model: &Path, adapter: Option<&Path>) -> Result<(Llama<Selected>, Tokenizer)> {
-    let model = &resolve_model_dir(model, MODEL_HINT)?;
-    let tokenizer = load_tokenizer(model)?;
-    let mut llama = Llama::<Selected>::from_pretrained(model, &backend::device())?;
-    if let Some(dir) = adapter {
-        if let Some(manifest) = train::ExportManifest::find(dir)? {
-            manifest.check_base(&llama, dir)?;
+impl EvalLmArgs {
+    /// The job these options describe.
+    pub fn job(&self) -> EvalLmJob {
+        EvalLmJob {
+            data: self.data.clone(),
+            model: self.model.clone(),
+            adapter: self.adapter.clone(),
+            task: self.task,
+            max_new_tokens: self.max_new_tokens,
+            limit: self.limit,
+            batch_size: self.batch_size,
+            workers: self.workers,
+            output: self.output.clone(),
         }
-        llama.load_adapters(&adapter_dir(dir))?;
-        llama.merge_adapters();
     }
-    Ok((llama, tokenizer))
 }
 
-/// `peanut train lm`.
+impl GenerateArgs {
+    /// The job these options describe.
+    pub fn job(&self) -> GenerateJob {
+        GenerateJob {
+            model: self.model.clone(),
+            adapter: self.adapter.clone(),
+            prompt: self.prompt.clone(),
+            instruction: self.instruction.clone(),
+            input: self.input.clone(),
+            max_new_tokens: self.max_new_tokens,
+            top_p: self.top_p,
+            temperature: self.temperature,
+            seed: self.seed,
+        }
+    }
+}
+
+/// `peanut train lm` ([`train_lm_job`]).
+///
+/// # Errors
+/// As [`train_lm_job`].
 pub fn train_lm(args: TrainLmArgs) -> Result<()> {
     train_lm_job(&args.job())
 }
 
-/// Runs a `train lm` job: checks it, loads the model and the data, trains (or resumes) and
-/// exports the adapters (or, for `full`, the model with its tokenizer) to
-/// `<run directory>/export`.
+/// `peanut eval lm` ([`EvalLmJob::run`]): prints the accuracy as one JSON object and returns
+/// it.
 ///
 /// # Errors
-/// Invalid options, unusable data or model, a refused run directory, or a diverging run.
-pub fn train_lm_job(job: &LmJob) -> Result<()> {
-    let mut config = job.config.clone().check()?;
-    let devices = backend::training_devices(&job.devices, config.batch_size)?;
-    let model_dir = resolve_model_dir(&job.model, MODEL_HINT)?;
-    // An example never outgrows the model's context: the cutoff is lowered to it.
-    let context =
-        LlamaConfig::from_hf_file(&model_dir.join("config.json"))?.max_position_embeddings;
-    if config.cutoff_len > context {
-        eprintln!(
-            "--cutoff-len {} is longer than the model's context ({context} tokens, \
-             `max_position_embeddings`); examples are cut at {context} tokens",
-            config.cutoff_len
-        );
-        let mut lowered = (*config).clone();
-        lowered.cutoff_len = context;
-        config = lowered.check()?;
-    }
-    let config = &config;
-    train::check_run_dir(&job.run.dir, &job.data, &job.run.model)?;
-    let tokenizer = load_tokenizer(&model_dir)?;
-    // The training backend is a type: gradient checkpointing picks the other one.
-    let trained = if job.checkpointing {
-        train_lm_on::<CheckpointedTrainBackend>(job, config, &model_dir, &tokenizer, &devices)?
-    } else {
-        train_lm_on::<TrainBackend>(job, config, &model_dir, &tokenizer, &devices)?
-    };
-    println!("{} trainable parameters", trained.trainable_params);
-    let export_dir = job.run.dir.join("export");
-    let written = train::export_atomically(&export_dir, |staging| {
-        let mut written = lm_train::export_lm(&trained.model, staging, job.model.to_str())?;
-        if config.method == Method::Full {
-            for path in &written {
-                copy_tokenizer(&model_dir, path)?;
-            }
-        } else {
-            let manifest = train::ExportManifest::of(&trained.model, &job.run.model, None);
-            written.push(manifest.write(staging)?);
-        }
-        Ok(written)
-    })?;
-    for path in written {
-        println!("wrote {}", path.display());
-    }
-    if job.merged {
-        let merged = job.run.dir.join("merged");
-        if config.method == Method::Full {
-            let model = trained.model;
-            train::export_atomically(&merged, |staging| {
-                model.save_merged(staging)?;
-                copy_tokenizer(&model_dir, staging)?;
-                Ok(vec![])
-            })?;
-            println!("wrote {}", merged.display());
-        } else {
-            // What `peanut merge` writes from this export: the base's own f32 weights with the
-            // adapters merged, whatever `--precision` the run had.
-            drop(trained.model);
-            super::merge(super::MergeArgs {
-                model: model_dir.clone(),
-                adapter: export_dir.clone(),
-                output: merged,
-                processor: super::ProcessorArgs::default(),
-            })?;
-        }
-    }
-    Ok(())
-}
-
-/// Loads the model and data of `train lm` on training backend `B` and trains.
-fn train_lm_on<
-    B: AutodiffBackend<InnerBackend = Selected, Device = burn::tensor::Device<Selected>>,
->(
-    job: &LmJob,
-    config: &Checked<LmTrainConfig>,
-    model_dir: &Path,
-    tokenizer: &Tokenizer,
-    devices: &[burn::tensor::Device<Selected>],
-) -> Result<lm_train::TrainedLm<Selected>> {
-    train::check_precision::<B>(&devices[0], config.precision)?;
-    let model = Llama::<B>::from_pretrained_in(model_dir, &devices[0], config.precision)?;
-    let data =
-        lm_train::load_instructions(&job.data, tokenizer, model.config.eos_token_id, config)?;
-    println!(
-        "{}: {} examples, {} train / {} validation ({} dropped: no response token within {} \
-         tokens)",
-        data.path.display(),
-        data.examples,
-        data.train.len(),
-        data.valid.len(),
-        data.dropped,
-        config.cutoff_len
-    );
-    lm_train::train_lm_on(model, &data, config, &job.run, devices)
-}
-
-/// `peanut eval lm`: prints the accuracy as one JSON object and returns it.
+/// As [`EvalLmJob::run`].
 pub fn eval_lm(args: EvalLmArgs) -> Result<LmEvalReport> {
-    let task = match args.task {
-        Some(task) => task,
-        None => Task::from_path(&args.data)?,
-    };
-    let mut examples = instruct::read(&args.data)?;
-    if let Some(limit) = args.limit {
-        examples.truncate(limit);
-    }
-    let (model, tokenizer) = inference_llama(&args.model, args.adapter.as_deref())?;
-    let generation = GenerationConfig {
-        eos_token_id: model.config.eos_token_id,
-        ..GenerationConfig::greedy(args.max_new_tokens)
-    };
-    let mut output = match &args.output {
-        Some(path) => {
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| TrainError::io("cannot create", parent, e))?;
-            }
-            let file =
-                std::fs::File::create(path).map_err(|e| TrainError::io("cannot write", path, e))?;
-            Some((path, std::io::BufWriter::new(file)))
-        }
-        None => None,
-    };
-    let total = examples.len();
-    let mut correct = 0;
-    let report = lm_train::evaluate_lm(
-        &model,
-        &tokenizer,
-        &examples,
-        task,
-        &generation,
-        args.batch_size,
-        args.workers.unwrap_or_else(backend::workers),
-        &args.data,
-        |prediction| {
-            correct += usize::from(prediction.correct);
-            let done = prediction.index + 1;
-            if done % 100 == 0 || done == total {
-                eprintln!(
-                    "[{}] {done}/{total}: accuracy {:.2}%",
-                    task.name(),
-                    100.0 * correct as f64 / done as f64
-                );
-            }
-            if let Some((path, writer)) = output.as_mut() {
-                let line = serde_json::to_string(prediction).expect("prediction serializes");
-                writeln!(writer, "{line}").map_err(|e| TrainError::io("cannot write", *path, e))?;
-            }
-            Ok(())
-        },
-    )?;
-    if let Some((path, mut writer)) = output {
-        writer
-            .flush()
-            .map_err(|e| TrainError::io("cannot write", path, e))?;
-    }
+    let report = args.job().run()?;
     println!(
         "{}",
         serde_json::to_string(&report).expect("report serializes")
@@ -493,92 +286,18 @@ pub fn eval_lm(args: EvalLmArgs) -> Result<LmEvalReport> {
     Ok(report)
 }
 
-/// The text `peanut generate` prints: the continuation of the prompt (or of the instruction
-/// in the training template).
-pub fn generate_text(args: &GenerateArgs) -> Result<String> {
-    let prompt = match (&args.prompt, &args.instruction) {
-        (Some(prompt), _) => prompt.clone(),
-        (None, Some(instruction)) => instruct::prompt(&Instruction {
-            instruction: instruction.clone(),
-            input: args.input.clone().unwrap_or_default(),
-            output: String::new(),
-            answer: None,
-        }),
-        (None, None) => {
-            return Err(TrainError::InvalidOption {
-                option: "--prompt",
-                reason: "pass --prompt or --instruction".into(),
-            });
-        }
-    };
-    let (model, tokenizer) = inference_llama(&args.model, args.adapter.as_deref())?;
-    let sampling = match args.top_p {
-        None => Sampling::Greedy,
-        Some(top_p) => Sampling::TopP {
-            top_p,
-            temperature: args.temperature,
-            seed: args.seed,
-        },
-    };
-    let prompt_len = lm_train::encode(&tokenizer, &prompt)?.len();
-    let max_new_tokens = new_tokens_within_context(
-        if args.prompt.is_some() {
-            "--prompt"
-        } else {
-            "--instruction"
-        },
-        prompt_len,
-        args.max_new_tokens,
-        model.config.max_position_embeddings,
-    )?;
-    let generation = GenerationConfig {
-        sampling,
-        eos_token_id: model.config.eos_token_id,
-        ..GenerationConfig::greedy(max_new_tokens)
-    };
-    lm_train::complete(&model, &tokenizer, &prompt, &generation)
-}
-
-/// What `peanut generate` generates by default, at most.
-const DEFAULT_NEW_TOKENS: usize = 128;
-
-/// How many tokens `generate` may add to a prompt of `prompt_len` tokens (given as
-/// `prompt_option`) in a context of `context`: `requested` when it fits, else (by default) what
-/// is left.
+/// The text `peanut generate` prints ([`GenerateJob::run`]).
 ///
 /// # Errors
-/// A prompt that fills the context, or a requested count past it.
-fn new_tokens_within_context(
-    prompt_option: &'static str,
-    prompt_len: usize,
-    requested: Option<usize>,
-    context: usize,
-) -> Result<usize> {
-    let room = context.saturating_sub(prompt_len);
-    if room == 0 {
-        return Err(TrainError::InvalidOption {
-            option: prompt_option,
-            reason: format!(
-                "the prompt is {prompt_len} tokens, and the model's context \
-                 (`max_position_embeddings`) is {context}: nothing is left to generate; \
-                 shorten it"
-            ),
-        });
-    }
-    match requested {
-        Some(count) if count > room => Err(TrainError::InvalidOption {
-            option: "--max-new-tokens",
-            reason: format!(
-                "{count} new tokens after a {prompt_len}-token prompt pass the model's context \
-                 of {context} tokens; at most {room} fit"
-            ),
-        }),
-        Some(count) => Ok(count),
-        None => Ok(DEFAULT_NEW_TOKENS.min(room)),
-    }
+/// As [`GenerateJob::run`].
+pub fn generate_text(args: &GenerateArgs) -> Result<String> {
+    args.job().run()
 }
 
-/// `peanut generate`.
+/// `peanut generate`: prints [`generate_text`].
+///
+/// # Errors
+/// As [`GenerateJob::run`].
 pub fn generate(args: GenerateArgs) -> Result<()> {
     println!("{}", generate_text(&args)?);
     Ok(())
