@@ -24,9 +24,18 @@ pub trait AdaptableModel<B: Backend>: Module<B> + Sized {
     /// Every linear by full path, mutably.
     fn linears_mut(&mut self) -> Vec<(String, &mut AdaptedLinear<B>)>;
 
-    /// Rebuilds the model with `f` applied to every linear (by value, for operations such as
-    /// [`AdaptedLinear::unfreeze_base`] that consume the layer).
-    fn map_linears(self, f: &mut dyn FnMut(&str, AdaptedLinear<B>) -> AdaptedLinear<B>) -> Self;
+    /// Rebuilds the model with `f` applied to every linear of [`Self::linears_mut`] (by value,
+    /// for operations such as [`AdaptedLinear::unfreeze_base`] that consume the layer).
+    fn map_linears(
+        mut self,
+        f: &mut dyn FnMut(&str, AdaptedLinear<B>) -> AdaptedLinear<B>,
+    ) -> Self {
+        for (path, linear) in self.linears_mut() {
+            // The clone shares the tensors; the old layer is dropped when replaced.
+            *linear = f(&path, linear.clone());
+        }
+        self
+    }
 
     /// How module paths translate to and from the names peft uses for this model.
     fn peft_paths(&self) -> Box<dyn PeftPaths>;

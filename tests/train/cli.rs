@@ -79,28 +79,7 @@ fn train_eval_predict_merge_and_convert_from_the_command_line() {
     let out = root.join("run");
 
     // train image: one epoch, 2 steps, adapters + head exported, merged model written.
-    let train = [
-        "train",
-        "image",
-        "--data-dir",
-        text(&data_dir),
-        "--model",
-        text(&model),
-        "--output-dir",
-        text(&out),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "4",
-        "--grad-accumulation",
-        "1",
-        "--image-size",
-        "16",
-        "--rank",
-        "2",
-        "--merged",
-    ];
-    cli::run(parse(&train)).unwrap();
+    crate::train_tiny_image(&data_dir, &model, &out, 16, &["--merged"]);
     let export = out.join("export");
     for file in [
         "peanut/peanut_config.json",
@@ -481,28 +460,7 @@ fn train_merged_is_what_merge_writes_whatever_the_training_size() {
     // The checkpoint is 16 px; the run trains at 32 px (position embeddings interpolated).
     let model = tiny_checkpoint(&root);
     let out = root.join("run");
-    let train = [
-        "train",
-        "image",
-        "--data-dir",
-        text(&data_dir),
-        "--model",
-        text(&model),
-        "--output-dir",
-        text(&out),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "4",
-        "--grad-accumulation",
-        "1",
-        "--image-size",
-        "32",
-        "--rank",
-        "2",
-        "--merged",
-    ];
-    cli::run(parse(&train)).unwrap();
+    crate::train_tiny_image(&data_dir, &model, &out, 32, &["--merged"]);
     let merged = root.join("merged");
     cli::run(parse(&[
         "merge",

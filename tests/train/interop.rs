@@ -388,32 +388,13 @@ fn write_our_export(dir: &Path) {
     image_folder(&data, 2);
     let run = root.join("run");
     let model = interop("vit_base");
-    let args = [
-        "peanut",
-        "train",
-        "image",
-        "--data-dir",
-        text(&data),
-        "--model",
-        text(&model),
-        "--output-dir",
-        text(&run),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "4",
-        "--grad-accumulation",
-        "1",
-        "--image-size",
-        "16",
-        "--rank",
-        "2",
-        "--head-lr",
-        "0.5",
-        "--adapter-lr",
-        "0.5",
-    ];
-    cli::run(Cli::try_parse_from(args).unwrap()).unwrap();
+    crate::train_tiny_image(
+        &data,
+        &model,
+        &run,
+        16,
+        &["--head-lr", "0.5", "--adapter-lr", "0.5"],
+    );
     let export = dir.join("ours_export");
     let _ = std::fs::remove_dir_all(&export);
     for file in [
@@ -430,10 +411,20 @@ fn write_our_export(dir: &Path) {
     }
     // A LoRA run: its peft export (`"peft_type": "LORA"`, head in `modules_to_save`).
     let lora_run = root.join("lora");
-    let mut lora_args = args.to_vec();
-    lora_args[8] = text(&lora_run);
-    lora_args.extend(["--method", "lora"]);
-    cli::run(Cli::try_parse_from(lora_args).unwrap()).unwrap();
+    crate::train_tiny_image(
+        &data,
+        &model,
+        &lora_run,
+        16,
+        &[
+            "--head-lr",
+            "0.5",
+            "--adapter-lr",
+            "0.5",
+            "--method",
+            "lora",
+        ],
+    );
     let lora = dir.join("ours_lora");
     let _ = std::fs::remove_dir_all(&lora);
     std::fs::create_dir_all(&lora).unwrap();

@@ -116,6 +116,43 @@ pub fn tiny_config(method: Method, epochs: usize) -> ImageTrainConfig {
     }
 }
 
+/// Runs `peanut train image` as the command-line tests do: a tiny run from `data` into `out`
+/// on `model`, one epoch of batches of 4 without accumulation, rank 2, at `image_size` pixels,
+/// then the options `extra`.
+///
+/// # Panics
+/// When the options do not parse or the run fails (the message names `extra`).
+pub fn train_tiny_image(data: &Path, model: &Path, out: &Path, image_size: u32, extra: &[&str]) {
+    use clap::Parser;
+    let size = image_size.to_string();
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let args = [
+        "peanut".to_string(),
+        "train".into(),
+        "image".into(),
+        "--data-dir".into(),
+        path(data),
+        "--model".into(),
+        path(model),
+        "--output-dir".into(),
+        path(out),
+        "--epochs".into(),
+        "1".into(),
+        "--batch-size".into(),
+        "4".into(),
+        "--grad-accumulation".into(),
+        "1".into(),
+        "--image-size".into(),
+        size,
+        "--rank".into(),
+        "2".into(),
+    ]
+    .into_iter()
+    .chain(extra.iter().map(|e| e.to_string()));
+    let cli = peanut_train::cli::Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{e}"));
+    peanut_train::cli::run(cli).unwrap_or_else(|e| panic!("train image {extra:?}: {e}"));
+}
+
 pub fn run(dir: &Path, resume: bool) -> RunOptions {
     RunOptions {
         resume,

@@ -456,33 +456,8 @@ fn cli_scale_options_train_what_one_plain_device_trains() {
         ("scaled", &["--devices", "cpu:2", "--checkpointing"][..]),
     ] {
         let out = root.join(name);
-        let mut args = vec![
-            "peanut",
-            "train",
-            "image",
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-            "--model",
-            model.to_str().unwrap(),
-            "--output-dir",
-            out.to_str().unwrap(),
-            "--epochs",
-            "1",
-            "--batch-size",
-            "4",
-            "--grad-accumulation",
-            "1",
-            "--image-size",
-            "16",
-            "--rank",
-            "2",
-            "--no-augment",
-            "--precision",
-            "bf16",
-        ];
-        args.extend_from_slice(extra);
-        use clap::Parser;
-        peanut_train::cli::run(peanut_train::cli::Cli::try_parse_from(args).unwrap()).unwrap();
+        let options = [&["--no-augment", "--precision", "bf16"][..], extra].concat();
+        crate::train_tiny_image(&data_dir, &model, &out, 16, &options);
         let mut reloaded = tiny_vit(3).valid();
         reloaded.load_adapters(&out.join("export/peft")).unwrap();
         exported.push(trained_values(&reloaded));

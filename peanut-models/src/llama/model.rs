@@ -339,19 +339,6 @@ impl<B: Backend> AdaptableModel<B> for Llama<B> {
         out
     }
 
-    fn map_linears(
-        mut self,
-        f: &mut dyn FnMut(&str, AdaptedLinear<B>) -> AdaptedLinear<B>,
-    ) -> Self {
-        for (i, layer) in self.model.layers.iter_mut().enumerate() {
-            for (local, linear) in LLAMA_LINEARS.iter().zip(layer.linears_mut()) {
-                *linear = f(&format!("model.layers.{i}.{local}"), linear.clone());
-            }
-        }
-        self.lm_head = self.lm_head.map(|head| f("lm_head", head));
-        self
-    }
-
     fn peft_paths(&self) -> Box<dyn PeftPaths> {
         Box::new(LlamaPeftPaths)
     }

@@ -364,33 +364,6 @@ impl<B: Backend> AdaptableModel<B> for Vit<B> {
         out
     }
 
-    fn map_linears(
-        mut self,
-        f: &mut dyn FnMut(&str, AdaptedLinear<B>) -> AdaptedLinear<B>,
-    ) -> Self {
-        let layers = std::mem::take(&mut self.vit.encoder.layer);
-        self.vit.encoder.layer = layers
-            .into_iter()
-            .enumerate()
-            .map(|(i, mut layer)| {
-                let path = |local: &str| format!("vit.encoder.layer.{i}.{local}");
-                let attention = &mut layer.attention;
-                attention.attention.query =
-                    f(&path(VIT_LINEARS[0]), attention.attention.query.clone());
-                attention.attention.key = f(&path(VIT_LINEARS[1]), attention.attention.key.clone());
-                attention.attention.value =
-                    f(&path(VIT_LINEARS[2]), attention.attention.value.clone());
-                attention.output.dense = f(&path(VIT_LINEARS[3]), attention.output.dense.clone());
-                layer.intermediate.dense =
-                    f(&path(VIT_LINEARS[4]), layer.intermediate.dense.clone());
-                layer.output.dense = f(&path(VIT_LINEARS[5]), layer.output.dense.clone());
-                layer
-            })
-            .collect();
-        self.classifier = f("classifier", self.classifier);
-        self
-    }
-
     fn peft_paths(&self) -> Box<dyn PeftPaths> {
         Box::new(VitPeftPaths)
     }
