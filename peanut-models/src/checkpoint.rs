@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 use serde::Deserialize;
 
 use crate::error::{ModelError, Result};
@@ -303,27 +303,16 @@ pub fn write_checkpoint(dir: &Path, tensors: &TensorMap, config: &serde_json::Va
         path: dir.to_path_buf(),
         source,
     })?;
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .iter()
-        .map(|(key, (shape, values))| {
-            let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            (key.clone(), shape.clone(), raw)
-        })
-        .collect();
-    let views = bytes
-        .iter()
-        .map(|(key, shape, raw)| {
-            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), raw)
-                .map(|view| (key.clone(), view))
-        })
-        .collect::<std::result::Result<Vec<_>, _>>();
     let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
-    let serialized = views
-        .and_then(|views| safetensors::serialize(views, metadata))
-        .map_err(|source| ModelError::Safetensors {
+    let entries = tensors
+        .iter()
+        .map(|(key, (shape, values))| (key.as_str(), shape.as_slice(), values.as_slice()));
+    let serialized = peanut::io::f32_safetensors(entries, metadata).map_err(|source| {
+        ModelError::Safetensors {
             path: weights_path.clone(),
             source,
-        })?;
+        }
+    })?;
     write_atomic(&weights_path, &serialized)?;
     let json = serde_json::to_vec_pretty(config).expect("JSON values serialize");
     write_atomic(&dir.join(CONFIG_FILE), &json)

@@ -19,7 +19,7 @@
 
 use std::path::{Path, PathBuf};
 
-use peanut::io::{AdapterMap, PeftPaths, SavedModules, SavedTensor};
+use peanut::io::{AdapterMap, PeftPaths, SavedModules};
 use peanut_models::AdaptableModel;
 use peanut_models::vit::PREPROCESSOR_FILE;
 
@@ -103,40 +103,19 @@ pub fn find_adapter(dir: &Path) -> Result<Option<PathBuf>> {
 /// Reads a head file: `<module>.<param>` tensors (`classifier.weight` `[num_labels, hidden]`,
 /// `classifier.bias`) in PyTorch's layout, any float dtype.
 pub fn read_head(path: &Path) -> Result<SavedModules> {
-    let bytes = std::fs::read(path).map_err(|e| TrainError::io("cannot read", path, e))?;
-    let file = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| TrainError::malformed(path, e.to_string()))?;
     let mut modules = SavedModules::new();
-    for (key, view) in file.tensors() {
+    for (key, tensor) in peanut::io::read_f32_tensors(path)? {
         let Some((module, param)) = key.rsplit_once('.') else {
             return Err(TrainError::malformed(
                 path,
                 format!("tensor `{key}` is not `<module>.<weight|bias>`"),
             ));
         };
-        let Some(values) = peanut::io::decode_floats(view.data(), view.dtype()) else {
-            return Err(TrainError::malformed(
-                path,
-                format!("tensor `{key}` has dtype {:?}, not a float", view.dtype()),
-            ));
-        };
-        if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
-            return Err(TrainError::malformed(
-                path,
-                format!("tensor `{key}` holds a non-finite value ({bad})"),
-            ));
-        }
         modules
             .entry(module.to_string())
             .or_default()
             .params
-            .insert(
-                param.to_string(),
-                SavedTensor {
-                    shape: view.shape().to_vec(),
-                    values,
-                },
-            );
+            .insert(param.to_string(), tensor);
     }
     if !modules.contains_key("classifier") {
         return Err(TrainError::malformed(path, "no tensor `classifier.weight`"));
@@ -298,27 +277,28 @@ pub fn check_replaceable(output: &Path, known: &[&str], what: &str) -> Result<()
 
 /// Writes saved modules as a head file (`<module>.<param>`, f32, PyTorch layout), atomically.
 pub fn write_head(path: &Path, saved: &SavedModules) -> Result<()> {
-    let owned: Vec<(String, Vec<usize>, Vec<u8>)> = saved
+    let keys: Vec<(String, &peanut::io::SavedTensor)> = saved
         .iter()
         .flat_map(|(module, saved)| {
-            saved.params.iter().map(move |(param, tensor)| {
-                (
-                    format!("{module}.{param}"),
-                    tensor.shape.clone(),
-                    tensor.values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                )
-            })
+            saved
+                .params
+                .iter()
+                .map(move |(param, tensor)| (format!("{module}.{param}"), tensor))
         })
         .collect();
-    let views = owned
-        .iter()
-        .map(|(key, shape, bytes)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                .map(|view| (key.clone(), view))
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .and_then(|views| safetensors::serialize(views, None))
-        .map_err(|e| TrainError::malformed(path, e.to_string()))?;
+    let entries = keys.iter().map(|(key, tensor)| {
+        (
+            key.as_str(),
+            tensor.shape.as_slice(),
+            tensor.values.as_slice(),
+        )
+    });
+    let views = peanut::io::f32_safetensors(entries, None).map_err(|source| {
+        peanut_models::ModelError::Safetensors {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
     peanut_models::checkpoint::write_atomic(path, &views)?;
     Ok(())
 }

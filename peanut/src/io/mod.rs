@@ -371,6 +371,24 @@ pub fn first_non_finite(values: &[f32]) -> Option<(usize, f32)> {
         .map(|index| (index, values[index]))
 }
 
+/// Every tensor of the safetensors file at `path` as f32 values (F16, BF16 and F64 converted),
+/// by key.
+///
+/// # Errors
+/// An unreadable or malformed file, a tensor that is not a float, or a NaN or infinite value
+/// (the error names the key and the index).
+pub fn read_f32_tensors(path: &Path) -> Result<BTreeMap<String, SavedTensor>> {
+    let bytes = read_file(path)?;
+    let file = parse_safetensors(path, &bytes)?;
+    file.names()
+        .into_iter()
+        .map(|key| {
+            let RawTensor { shape, values } = RawTensor::read(&file, path, key)?;
+            Ok((key.to_string(), SavedTensor { shape, values }))
+        })
+        .collect()
+}
+
 /// A float tensor read from a safetensors file as `f32` values and its shape.
 pub(crate) struct RawTensor {
     pub shape: Vec<usize>,
@@ -457,16 +475,51 @@ pub(crate) fn serialize_tensors(
     metadata: Option<std::collections::HashMap<String, String>>,
     path: &Path,
 ) -> Result<Vec<u8>> {
-    let views = tensors
+    let entries = tensors
         .iter()
-        .map(|(key, (shape, bytes))| {
-            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
-                .map(|view| (key.clone(), view))
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .and_then(|views| safetensors::serialize(views, metadata));
-    views.map_err(|source| PeanutError::Safetensors {
+        .map(|(key, (shape, bytes))| (key.as_str(), shape.as_slice(), bytes.as_slice()));
+    f32_safetensors_from_bytes(entries, metadata).map_err(|source| PeanutError::Safetensors {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// The bytes of a safetensors file holding f32 tensors `(key, shape, values)` and `metadata`:
+/// the one f32 writer of the workspace (adapters, checkpoints, classifier heads). Callers name
+/// the file in their own error type.
+///
+/// # Errors
+/// A shape that does not match its values' length.
+pub fn f32_safetensors<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, &'a [usize], &'a [f32])>,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> std::result::Result<Vec<u8>, safetensors::SafeTensorError> {
+    let owned: Vec<(&str, &[usize], Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(key, shape, values)| {
+            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (key, shape, bytes)
+        })
+        .collect();
+    f32_safetensors_from_bytes(
+        owned
+            .iter()
+            .map(|(key, shape, bytes)| (*key, *shape, bytes.as_slice())),
+        metadata,
+    )
+}
+
+/// [`f32_safetensors`] of values already as little-endian f32 bytes.
+fn f32_safetensors_from_bytes<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, &'a [usize], &'a [u8])>,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> std::result::Result<Vec<u8>, safetensors::SafeTensorError> {
+    let views = tensors
+        .into_iter()
+        .map(|(key, shape, bytes)| {
+            safetensors::tensor::TensorView::new(Dtype::F32, shape.to_vec(), bytes)
+                .map(|view| (key.to_string(), view))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    safetensors::serialize(views, metadata)
 }
