@@ -27,7 +27,9 @@
 # PEANUT_DEVICES (peanut's --devices, default 1 when THREADS=1, else auto), STACKS (default
 # "peft peanut"), DEFAULTS_ROW (default 1), WORK (scratch, default /tmp/acc), OUT (default
 # $WORK/accuracy.jsonl), PYTHON (default python3), FRESH=1 (rerun PyTorch runs whose results are
-# kept in $WORK/results; peanut runs always run).
+# kept in $WORK/results; peanut runs always run unless KEEP_PEANUT=1, which keeps a peanut result
+# made by the same command line, so that seeds can run as parallel invocations and one last
+# invocation prints the tables over all of them).
 #
 # Installs, when missing: the Python packages onnx, onnxruntime, safetensors, Pillow, numpy
 # (and torch 2.15.0, transformers, peft 0.21.2 if they are absent) with pip; the Debian package
@@ -147,6 +149,14 @@ peanut_run() { # variant seed result flags...
     local cmd=("$peanut" train image --model "$model_dir" --data-dir "$data_dir"
         --output-dir "$dir" --overwrite --devices "$devices" --seed "$seed" --epochs "$epochs"
         --image-size "$image_size" "$@")
+    if [ "${KEEP_PEANUT:-0}" = 1 ] && [ -f "$result" ] && "$python" - "$result" "${cmd[*]}" <<'EOF'
+import json, sys
+sys.exit(0 if json.load(open(sys.argv[1])).get("command") == sys.argv[2] else 1)
+EOF
+    then
+        echo "== peanut ($variant), seed $seed: kept result $result (KEEP_PEANUT=1)" >&2
+        return
+    fi
     echo "== peanut ($variant), seed $seed: ${cmd[*]}" >&2
     local start end
     start="$(date +%s.%N)"

@@ -287,7 +287,10 @@ fn load_vit_dir(dir: &Path) -> ModelError {
 fn vit_errors_name_file_and_key() {
     // Missing directory / config.
     let err = load_vit_dir(&scratch("vit-empty"));
-    assert!(matches!(err, ModelError::Io { .. }), "{err}");
+    assert!(
+        matches!(err, ModelError::File(peanut::FileError::Io { .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains("config.json"), "{err}");
 
     // Weights missing.
@@ -314,7 +317,10 @@ fn vit_errors_name_file_and_key() {
     // Malformed JSON.
     std::fs::write(dir.join("config.json"), "{ not json").unwrap();
     let err = load_vit_dir(&dir);
-    assert!(matches!(err, ModelError::Json { .. }), "{err}");
+    assert!(
+        matches!(err, ModelError::File(peanut::FileError::Json { .. })),
+        "{err}"
+    );
 
     // Shape mismatch: config says wider MLP than the tensors.
     std::fs::write(
@@ -358,7 +364,10 @@ fn vit_errors_name_file_and_key() {
     let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
     std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
     let err = load_vit_dir(&dir);
-    assert!(matches!(err, ModelError::Safetensors { .. }), "{err}");
+    assert!(
+        matches!(err, ModelError::File(peanut::FileError::Safetensors { .. })),
+        "{err}"
+    );
 
     // A shard listed in the index but absent.
     let dir = copy_dir(&models("vit_f16_sharded"), "vit-missing-shard");

@@ -6,6 +6,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
+use peanut::FileError;
+use peanut::io::write_atomic;
 use safetensors::SafeTensors;
 use serde::Deserialize;
 
@@ -65,7 +67,7 @@ impl Checkpoint {
         let mut shards = Vec::new();
         let mut keys = BTreeMap::new();
         if index_path.is_file() {
-            let index: ShardIndex = read_json(&index_path)?;
+            let index: ShardIndex = peanut::io::read_json(&index_path)?;
             let mut by_file: HashMap<String, usize> = HashMap::new();
             for (key, file) in &index.weight_map {
                 let shard = match by_file.get(file) {
@@ -91,14 +93,15 @@ impl Checkpoint {
             }
             shards.push(shard);
         } else {
-            return Err(ModelError::Io {
-                action: "no weights found in",
-                path: dir.to_path_buf(),
-                source: std::io::Error::new(
+            return Err(FileError::io(
+                "no weights found in",
+                dir,
+                std::io::Error::new(
                     std::io::ErrorKind::NotFound,
                     format!("expected `{WEIGHTS_FILE}` or `{INDEX_FILE}`"),
                 ),
-            });
+            )
+            .into());
         }
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -237,16 +240,9 @@ fn shard_path(dir: &Path, index: &Path, file: &str) -> Result<PathBuf> {
 
 impl Shard {
     fn read(path: &Path) -> Result<Self> {
-        let bytes = fs::read(path).map_err(|source| ModelError::Io {
-            action: "cannot read",
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let (header_len, metadata) =
-            SafeTensors::read_metadata(&bytes).map_err(|source| ModelError::Safetensors {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let bytes = peanut::io::read_file(path)?;
+        let (header_len, metadata) = SafeTensors::read_metadata(&bytes)
+            .map_err(|source| FileError::safetensors(path, source))?;
         Ok(Self {
             path: path.to_path_buf(),
             bytes,
@@ -254,20 +250,6 @@ impl Shard {
             metadata,
         })
     }
-}
-
-/// Reads and parses a JSON file, naming it in errors.
-pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let bytes = fs::read(path).map_err(|source| ModelError::Io {
-        action: "cannot read",
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
-    serde_json::from_slice(bytes).map_err(|source| ModelError::Json {
-        path: path.to_path_buf(),
-        source,
-    })
 }
 
 /// Tensors on their way into a Hugging Face checkpoint: key → (shape, f32 values), PyTorch
@@ -298,42 +280,14 @@ pub fn write_checkpoint(dir: &Path, tensors: &TensorMap, config: &serde_json::Va
             value,
         });
     }
-    fs::create_dir_all(dir).map_err(|source| ModelError::Io {
-        action: "cannot create",
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    fs::create_dir_all(dir).map_err(|source| FileError::io("cannot create", dir, source))?;
     let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
     let entries = tensors
         .iter()
         .map(|(key, (shape, values))| (key.as_str(), shape.as_slice(), values.as_slice()));
-    let serialized = peanut::io::f32_safetensors(entries, metadata).map_err(|source| {
-        ModelError::Safetensors {
-            path: weights_path.clone(),
-            source,
-        }
-    })?;
+    let serialized = peanut::io::f32_safetensors(entries, metadata)
+        .map_err(|source| FileError::safetensors(&weights_path, source))?;
     write_atomic(&weights_path, &serialized)?;
     let json = serde_json::to_vec_pretty(config).expect("JSON values serialize");
-    write_atomic(&dir.join(CONFIG_FILE), &json)
-}
-
-/// Writes `bytes` to `path` crash-safely ([`peanut::io::write_atomic`]: temporary file, flushed,
-/// renamed, directory flushed).
-///
-/// # Errors
-/// [`ModelError::Io`] naming `path`.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    peanut::io::write_atomic(path, bytes).map_err(|error| match error {
-        peanut::PeanutError::Io {
-            action,
-            path,
-            source,
-        } => ModelError::Io {
-            action,
-            path,
-            source,
-        },
-        other => ModelError::Adapter(other),
-    })
+    Ok(write_atomic(&dir.join(CONFIG_FILE), &json)?)
 }

@@ -9,17 +9,9 @@ use std::path::PathBuf;
 /// kept.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    /// A file or directory could not be read or written.
-    #[error("{action} `{path}`: {source}")]
-    Io {
-        /// What was being done ("cannot read", "cannot write", …).
-        action: &'static str,
-        /// The path involved.
-        path: PathBuf,
-        /// The underlying I/O error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// A file or directory could not be read, written or parsed (I/O, JSON, safetensors).
+    #[error(transparent)]
+    File(#[from] peanut::FileError),
 
     /// A tensor holds NaN or an infinity.
     #[error("tensor `{key}` of `{path}` holds a non-finite value ({value})")]
@@ -30,26 +22,6 @@ pub enum ModelError {
         key: String,
         /// The first non-finite value found.
         value: f32,
-    },
-
-    /// A JSON file did not parse or lacks a required field.
-    #[error("malformed JSON in `{path}`: {source}")]
-    Json {
-        /// The JSON file.
-        path: PathBuf,
-        /// The parser's error (line and column included).
-        #[source]
-        source: serde_json::Error,
-    },
-
-    /// A safetensors file did not parse (or could not be written).
-    #[error("malformed safetensors file `{path}`: {source}")]
-    Safetensors {
-        /// The safetensors file.
-        path: PathBuf,
-        /// The library's error.
-        #[source]
-        source: safetensors::SafeTensorError,
     },
 
     /// A tensor the model needs is absent from the checkpoint.

@@ -106,16 +106,7 @@ impl ModelFamily {
     /// `config.json` is missing or malformed, or names no family ([`Self::of_config`]).
     pub fn of_model_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
-        let bytes = std::fs::read(&path).map_err(|source| ModelError::Io {
-            action: "cannot read",
-            path: path.clone(),
-            source,
-        })?;
-        let config: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|source| ModelError::Json {
-                path: path.clone(),
-                source,
-            })?;
+        let config: serde_json::Value = peanut::io::read_json(&path)?;
         Self::of_config(&config, &path)
     }
 

@@ -6,17 +6,9 @@ use std::path::PathBuf;
 /// datasets, files, options, checkpoints, and a run that diverges.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
-    /// A file or directory could not be read or written.
-    #[error("{action} `{path}`: {source}")]
-    Io {
-        /// What was being done ("cannot read", …).
-        action: &'static str,
-        /// The path involved.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// A file or directory could not be read, written or parsed (I/O, JSON, safetensors).
+    #[error(transparent)]
+    File(#[from] peanut::FileError),
 
     /// No supported dataset layout was found.
     #[error("no dataset found at `{path}`: looked for {looked_for}")]
@@ -53,16 +45,6 @@ pub enum TrainError {
         /// The reader's error.
         #[source]
         source: parquet::errors::ParquetError,
-    },
-
-    /// A JSON file did not parse or lacks fields.
-    #[error("malformed JSON in `{path}`: {source}")]
-    Json {
-        /// The file.
-        path: PathBuf,
-        /// The parser's error.
-        #[source]
-        source: serde_json::Error,
     },
 
     /// A line of a JSON-lines file did not parse or lacks fields.
@@ -256,11 +238,7 @@ pub type Result<T, E = TrainError> = std::result::Result<T, E>;
 impl TrainError {
     /// An I/O error with its action and path.
     pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io {
-            action,
-            path: path.into(),
-            source,
-        }
+        Self::File(peanut::FileError::io(action, path, source))
     }
 
     /// A malformed-content error.

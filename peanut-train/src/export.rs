@@ -36,7 +36,7 @@ pub const HEAD_FILE: &str = "head.safetensors";
 pub fn write_labels(dir: &Path, classes: &[String]) -> Result<PathBuf> {
     let path = dir.join(LABELS_FILE);
     let json = serde_json::to_vec_pretty(classes).expect("labels serialize");
-    peanut_models::checkpoint::write_atomic(&path, &json)?;
+    peanut::io::write_atomic(&path, &json)?;
     Ok(path)
 }
 
@@ -46,10 +46,7 @@ pub fn read_labels(dir: &Path) -> Result<Option<Vec<String>>> {
     if !path.is_file() {
         return Ok(None);
     }
-    let bytes = std::fs::read(&path).map_err(|e| TrainError::io("cannot read", &path, e))?;
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|source| TrainError::Json { path, source })
+    Ok(Some(peanut::io::read_json(&path)?))
 }
 
 /// The adapter directory of an export directory (`peanut/`, else `peft/`), or `dir` itself.
@@ -293,12 +290,8 @@ pub fn write_head(path: &Path, saved: &SavedModules) -> Result<()> {
             tensor.values.as_slice(),
         )
     });
-    let views = peanut::io::f32_safetensors(entries, None).map_err(|source| {
-        peanut_models::ModelError::Safetensors {
-            path: path.to_path_buf(),
-            source,
-        }
-    })?;
-    peanut_models::checkpoint::write_atomic(path, &views)?;
+    let views = peanut::io::f32_safetensors(entries, None)
+        .map_err(|source| peanut::FileError::safetensors(path, source))?;
+    peanut::io::write_atomic(path, &views)?;
     Ok(())
 }

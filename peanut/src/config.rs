@@ -118,6 +118,13 @@ pub struct LoraConfig {
     /// Rank `r` of the update; at least 1.
     pub rank: usize,
     /// `alpha` of the scale `alpha / rank` (peft's `lora_alpha`, default 8).
+    ///
+    /// [`Self::validate`] and the adapter readers accept any finite value, as peft loads it: an
+    /// adapter file with a zero or negative `lora_alpha` is unusual but well defined, so it loads
+    /// and computes what peft computes. Training is stricter: a new run's `--lora-alpha` (and the
+    /// `lora_alpha` of `peanut_train`'s run options) must be positive, because with `alpha = 0`
+    /// the update `ΔW` and every adapter gradient are zero for good (the run cannot learn), and a
+    /// negative one only flips the sign of `B`, which training would learn anyway.
     #[config(default = 8.0)]
     pub alpha: f64,
     /// How `B` starts.

@@ -18,37 +18,9 @@ pub enum PeanutError {
         reason: String,
     },
 
-    /// A file or directory could not be read or written.
-    #[error("{action} `{path}`: {source}")]
-    Io {
-        /// What was being done ("cannot read", "cannot write", …).
-        action: &'static str,
-        /// The path involved.
-        path: PathBuf,
-        /// The underlying I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-
-    /// A JSON file did not parse, or did not have the expected fields.
-    #[error("malformed JSON in `{path}`: {source}")]
-    Json {
-        /// The JSON file.
-        path: PathBuf,
-        /// The parser's error (line and column included).
-        #[source]
-        source: serde_json::Error,
-    },
-
-    /// A safetensors file did not parse.
-    #[error("malformed safetensors file `{path}`: {source}")]
-    Safetensors {
-        /// The safetensors file.
-        path: PathBuf,
-        /// The parser's error.
-        #[source]
-        source: safetensors::SafeTensorError,
-    },
+    /// A file or directory could not be read, written or parsed.
+    #[error(transparent)]
+    File(#[from] FileError),
 
     /// A tensor the adapter needs is absent from a file.
     #[error("`{path}` has no tensor `{key}`")]
@@ -135,5 +107,126 @@ pub enum PeanutError {
     },
 }
 
+/// A file that could not be read, written or parsed: the failure every crate of the workspace
+/// shares. `PeanutError`, `peanut_models::ModelError` and `peanut_train::TrainError` each hold it
+/// as their `File` variant, so a caller matches one type whichever layer read the file.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// A file or directory could not be read or written (missing, unreadable, disk full, …).
+    #[error("{action} `{path}`: {source}")]
+    Io {
+        /// What was being done ("cannot read", "cannot write", …).
+        action: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A JSON file did not parse, or did not have the expected fields.
+    #[error("malformed JSON in `{path}`: {source}")]
+    Json {
+        /// The JSON file.
+        path: PathBuf,
+        /// The parser's error (line and column included).
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A safetensors file did not parse, or could not be serialized.
+    #[error("malformed safetensors file `{path}`: {source}")]
+    Safetensors {
+        /// The safetensors file.
+        path: PathBuf,
+        /// The library's error.
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+}
+
+impl FileError {
+    /// An I/O error: what was being done, on which path.
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A JSON parse error in `path`.
+    pub fn json(path: impl Into<PathBuf>, source: serde_json::Error) -> Self {
+        Self::Json {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A safetensors parse or serialization error for `path`.
+    pub fn safetensors(path: impl Into<PathBuf>, source: safetensors::SafeTensorError) -> Self {
+        Self::Safetensors {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// The file or directory the error is about.
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            Self::Io { path, .. } | Self::Json { path, .. } | Self::Safetensors { path, .. } => {
+                path
+            }
+        }
+    }
+}
+
 /// `Result` with [`PeanutError`].
 pub type Result<T, E = PeanutError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_errors_name_their_file_and_read_the_same_through_peanut_error() {
+        let dir = std::env::temp_dir().join(format!("peanut-file-error-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+
+        let missing = dir.join("missing.json");
+        let err = crate::io::read_json::<serde_json::Value>(&missing).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FileError::Io {
+                    action: "cannot read",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(err.path(), missing);
+
+        let bad = dir.join("bad.json");
+        std::fs::write(&bad, b"{ not json").unwrap();
+        let err = crate::io::read_json::<serde_json::Value>(&bad).unwrap_err();
+        assert!(matches!(err, FileError::Json { .. }), "{err}");
+        assert_eq!(err.path(), bad);
+        let message = err.to_string();
+        assert!(
+            message.contains("bad.json") && message.contains("line 1"),
+            "{message}"
+        );
+        assert_eq!(PeanutError::from(err).to_string(), message);
+
+        // A byte-order mark, as some editors write, is not a parse error.
+        std::fs::write(&bad, b"\xEF\xBB\xBF{\"a\": 1}").unwrap();
+        let value: serde_json::Value = crate::io::read_json(&bad).unwrap();
+        assert_eq!(value["a"], 1);
+
+        let err = crate::io::parse_safetensors(&bad, b"short").unwrap_err();
+        assert!(matches!(err, FileError::Safetensors { .. }), "{err}");
+        assert_eq!(err.path(), bad);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

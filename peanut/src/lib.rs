@@ -46,7 +46,7 @@ pub use activation::Activation;
 pub use adapted::{AdaptedLinear, merge_weight};
 pub use adapter::Adapter;
 pub use config::{AdapterConfig, LoraConfig, OutputInit, PeanutConfig};
-pub use error::{PeanutError, Result};
+pub use error::{FileError, PeanutError, Result};
 pub use lora::Lora;
 pub use params::count_trainable_params;
 pub use peanut::Peanut;

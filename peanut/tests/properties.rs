@@ -476,7 +476,10 @@ fn a_failed_write_reports_the_path_and_keeps_the_previous_adapter() {
     std::fs::create_dir(dir.join("peanut_adapter.safetensors")).unwrap();
     std::fs::write(dir.join("peanut_adapter.safetensors/keep"), b"x").unwrap();
     let err = io::save(&dir, [("other".to_string(), &adapter)]).unwrap_err();
-    assert!(matches!(err, PeanutError::Io { .. }), "{err}");
+    assert!(
+        matches!(err, PeanutError::File(peanut::FileError::Io { .. })),
+        "{err}"
+    );
     assert!(
         err.to_string().contains("peanut_adapter.safetensors"),
         "{err}"
@@ -736,7 +739,10 @@ fn bad_files_give_errors_naming_the_key_and_shapes() {
     // Malformed JSON and a truncated tensor file.
     write_peft(&dir, config.clone(), &good);
     std::fs::write(dir.join("adapter_config.json"), "{\"peft_type\": ").unwrap();
-    assert!(matches!(load().unwrap_err(), PeanutError::Json { .. }));
+    assert!(matches!(
+        load().unwrap_err(),
+        PeanutError::File(peanut::FileError::Json { .. })
+    ));
     write_peft(&dir, config, &good);
     let bytes = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
     std::fs::write(
@@ -746,7 +752,7 @@ fn bad_files_give_errors_naming_the_key_and_shapes() {
     .unwrap();
     assert!(matches!(
         load().unwrap_err(),
-        PeanutError::Safetensors { .. }
+        PeanutError::File(peanut::FileError::Safetensors { .. })
     ));
 
     // No adapter at all.

@@ -712,13 +712,19 @@ fn lm_user_errors_name_the_path_or_option() {
 
     let missing = root.join("missing.json");
     let err = train(&missing, &[]);
-    assert!(matches!(err, TrainError::Io { .. }) && err.to_string().contains("missing.json"));
+    assert!(
+        matches!(err, TrainError::File(peanut::FileError::Io { .. }))
+            && err.to_string().contains("missing.json")
+    );
 
     let bad = root.join("bad.json");
     std::fs::write(&bad, r#"[{"input": "no instruction here", "output": "x"}]"#).unwrap();
     let err = train(&bad, &[]);
     let message = err.to_string();
-    assert!(matches!(err, TrainError::Json { .. }), "{message}");
+    assert!(
+        matches!(err, TrainError::File(peanut::FileError::Json { .. })),
+        "{message}"
+    );
     assert!(
         message.contains("bad.json") && message.contains("`instruction`"),
         "{message}"

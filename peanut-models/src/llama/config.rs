@@ -5,8 +5,8 @@ use std::path::Path;
 use burn::config::Config;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::read_json;
 use crate::error::{ModelError, Result};
+use peanut::io::read_json;
 
 /// The `architectures` this model loads (same tensors, different config).
 pub const LLAMA_ARCHITECTURES: &[&str] = &["LlamaForCausalLM", "Qwen2ForCausalLM"];
@@ -203,10 +203,7 @@ impl LlamaConfig {
             });
         };
         let file: HfLlamaConfig =
-            serde_json::from_value(raw).map_err(|source| ModelError::Json {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            serde_json::from_value(raw).map_err(|source| peanut::FileError::json(path, source))?;
         let is_qwen2 = architecture == "Qwen2ForCausalLM";
         let invalid = |field, reason: String| ModelError::InvalidConfig {
             path: Some(path.to_path_buf()),

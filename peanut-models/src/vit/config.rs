@@ -7,8 +7,8 @@ use burn::config::Config;
 use peanut::Activation;
 use serde::Deserialize;
 
-use crate::checkpoint::read_json;
 use crate::error::{ModelError, Result};
+use peanut::io::read_json;
 
 /// The `architectures` this model loads.
 pub const VIT_ARCHITECTURES: &[&str] = &["ViTForImageClassification", "ViTModel"];

@@ -19,8 +19,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::read_json;
 use crate::error::{ModelError, Result};
+use peanut::io::read_json;
 
 /// Name of transformers' image processor file in a model directory.
 pub const PREPROCESSOR_FILE: &str = "preprocessor_config.json";
@@ -437,7 +437,10 @@ mod tests {
             );
         }
         let err = ImageProcessorConfig::from_file(&write("json", "{")).unwrap_err();
-        assert!(matches!(err, ModelError::Json { .. }), "{err}");
+        assert!(
+            matches!(err, ModelError::File(peanut::FileError::Json { .. })),
+            "{err}"
+        );
         let (fallback, note) = ImageProcessorConfig::from_model_dir(
             Path::new("/nonexistent"),
             ImageProcessorConfig::vit(16),

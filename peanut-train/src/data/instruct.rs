@@ -78,10 +78,7 @@ pub fn parse(bytes: &[u8], path: &Path, require_output: bool) -> Result<Vec<Inst
     let text = String::from_utf8_lossy(bytes);
     let raw: Vec<(Place, RawInstruction)> = if text.trim_start().starts_with('[') {
         let examples: Vec<RawInstruction> =
-            serde_json::from_str(&text).map_err(|source| TrainError::Json {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            serde_json::from_str(&text).map_err(|source| peanut::FileError::json(path, source))?;
         examples
             .into_iter()
             .enumerate()

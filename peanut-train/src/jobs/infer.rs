@@ -596,10 +596,7 @@ impl MergeJob {
                     inference.model.save_merged(staging)?;
                     let json = serde_json::to_vec_pretty(&inference.processor.to_hf_json())
                         .expect("processor config serializes");
-                    peanut_models::checkpoint::write_atomic(
-                        &staging.join(PREPROCESSOR_FILE),
-                        &json,
-                    )?;
+                    peanut::io::write_atomic(&staging.join(PREPROCESSOR_FILE), &json)?;
                 }
                 ModelFamily::Llama => {
                     let device = backend::device();
@@ -613,7 +610,7 @@ impl MergeJob {
                         if from.is_file() {
                             let bytes = std::fs::read(&from)
                                 .map_err(|e| TrainError::io("cannot read", &from, e))?;
-                            peanut_models::checkpoint::write_atomic(&staging.join(name), &bytes)?;
+                            peanut::io::write_atomic(&staging.join(name), &bytes)?;
                         }
                     }
                 }

@@ -159,7 +159,7 @@ pub(crate) fn sync_dir(path: &Path) -> std::io::Result<()> {
 /// beside it, synced, renamed over `path`, and the directory synced).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     peanut::io::write_atomic(path, bytes).map_err(|error| match error {
-        peanut::PeanutError::Io { source, .. } => source,
+        peanut::FileError::Io { source, .. } => source,
         other => std::io::Error::other(other),
     })
 }

@@ -118,7 +118,7 @@ impl ExportManifest {
     pub fn write(&self, dir: &Path) -> Result<PathBuf> {
         let path = dir.join(MANIFEST_FILE);
         let json = serde_json::to_vec_pretty(self).expect("manifest serializes");
-        peanut_models::checkpoint::write_atomic(&path, &json)?;
+        peanut::io::write_atomic(&path, &json)?;
         Ok(path)
     }
 
@@ -140,10 +140,7 @@ impl ExportManifest {
         let Some(path) = candidates.into_iter().find(|p| p.is_file()) else {
             return Ok(None);
         };
-        let bytes = std::fs::read(&path).map_err(|e| TrainError::io("cannot read", &path, e))?;
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| TrainError::Json { path, source })
+        Ok(Some(peanut::io::read_json(&path)?))
     }
 
     /// Checks that `model` (before the export is applied) is the base this export was trained

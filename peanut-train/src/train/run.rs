@@ -62,7 +62,9 @@ pub struct AdapterOptions {
     pub activation: Activation,
     /// PEANuT scaling `s`.
     pub scaling: f64,
-    /// LoRA `alpha` (scale `alpha / rank`).
+    /// LoRA `alpha` (scale `alpha / rank`); must be positive. Loading an adapter accepts any
+    /// finite alpha, as peft does; training asks for a positive one (see
+    /// [`peanut::LoraConfig::alpha`] for why the two rules differ).
     pub lora_alpha: f64,
 }
 
@@ -396,13 +398,7 @@ pub(crate) fn begin<C: Serialize>(
     };
     if run.resume {
         if path.is_file() {
-            let bytes =
-                std::fs::read(&path).map_err(|e| TrainError::io("cannot read", &path, e))?;
-            let stored: RunRecord =
-                serde_json::from_slice(&bytes).map_err(|source| TrainError::Json {
-                    path: path.clone(),
-                    source,
-                })?;
+            let stored: RunRecord = peanut::io::read_json(&path)?;
             let stored = serde_json::to_value(&stored).expect("record serializes");
             let current = serde_json::to_value(&record).expect("record serializes");
             if let Some(difference) = first_difference(&stored, &current) {
@@ -455,7 +451,7 @@ pub(crate) fn begin<C: Serialize>(
     }
     std::fs::create_dir_all(dir).map_err(|e| TrainError::io("cannot create", dir, e))?;
     let json = serde_json::to_vec_pretty(&record).expect("record serializes");
-    checkpoint::write_atomic(&path, &json).map_err(|e| TrainError::io("cannot write", &path, e))?;
+    peanut::io::write_atomic(&path, &json)?;
     Ok((None, lock))
 }
 

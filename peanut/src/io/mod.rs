@@ -26,7 +26,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::adapted::AdaptedLinear;
 use crate::adapter::Adapter;
-use crate::error::{PeanutError, Result};
+use crate::error::{FileError, PeanutError, Result};
 
 pub use native::{load, save};
 pub use peft::{
@@ -54,10 +54,10 @@ pub fn detect_format(dir: &Path) -> Result<Format> {
     } else if dir.join(peft::CONFIG_FILE).is_file() {
         Ok(Format::Peft)
     } else {
-        Err(PeanutError::Io {
-            action: "no adapter found in",
-            path: dir.to_path_buf(),
-            source: std::io::Error::new(
+        Err(FileError::io(
+            "no adapter found in",
+            dir,
+            std::io::Error::new(
                 std::io::ErrorKind::NotFound,
                 format!(
                     "expected `{}` (peanut format) or `{}` (peft format)",
@@ -65,7 +65,8 @@ pub fn detect_format(dir: &Path) -> Result<Format> {
                     peft::CONFIG_FILE
                 ),
             ),
-        })
+        )
+        .into())
     }
 }
 
@@ -284,13 +285,9 @@ pub fn check_fits<B: Backend>(
 /// power cut. Parent directories are created. Every file this workspace writes goes through here.
 ///
 /// # Errors
-/// [`PeanutError::Io`] naming `path` (the temporary file is removed).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io_err = |action, source| PeanutError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    };
+/// [`FileError::Io`] naming `path` (the temporary file is removed).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
+    let io_err = |action, source| FileError::io(action, path, source);
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(|e| io_err("cannot create the directory of", e))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
@@ -313,28 +310,32 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
-    fs::read(path).map_err(|source| PeanutError::Io {
-        action: "cannot read",
-        path: path.to_path_buf(),
-        source,
-    })
+/// The bytes of the file at `path`.
+///
+/// # Errors
+/// [`FileError::Io`] naming `path`.
+pub fn read_file(path: &Path) -> Result<Vec<u8>, FileError> {
+    fs::read(path).map_err(|source| FileError::io("cannot read", path, source))
 }
 
-pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+/// Reads and parses the JSON file at `path` (a UTF-8 byte-order mark, as some Windows editors
+/// write, is skipped): the one JSON reader of the workspace, for adapter configs, checkpoint
+/// configs, run records and export manifests alike.
+///
+/// # Errors
+/// [`FileError::Io`] when the file cannot be read, [`FileError::Json`] (with line and column)
+/// when it does not parse into `T`.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, FileError> {
     let bytes = read_file(path)?;
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
-    serde_json::from_slice(bytes).map_err(|source| PeanutError::Json {
-        path: path.to_path_buf(),
-        source,
-    })
+    serde_json::from_slice(bytes).map_err(|source| FileError::json(path, source))
 }
 
-pub(crate) fn parse_safetensors<'a>(path: &Path, bytes: &'a [u8]) -> Result<SafeTensors<'a>> {
-    SafeTensors::deserialize(bytes).map_err(|source| PeanutError::Safetensors {
-        path: path.to_path_buf(),
-        source,
-    })
+pub(crate) fn parse_safetensors<'a>(
+    path: &Path,
+    bytes: &'a [u8],
+) -> Result<SafeTensors<'a>, FileError> {
+    SafeTensors::deserialize(bytes).map_err(|source| FileError::safetensors(path, source))
 }
 
 /// Little-endian safetensors bytes of a float dtype (F32, F16, BF16, F64) as f32 values; `None`
@@ -478,10 +479,8 @@ pub(crate) fn serialize_tensors(
     let entries = tensors
         .iter()
         .map(|(key, (shape, bytes))| (key.as_str(), shape.as_slice(), bytes.as_slice()));
-    f32_safetensors_from_bytes(entries, metadata).map_err(|source| PeanutError::Safetensors {
-        path: path.to_path_buf(),
-        source,
-    })
+    f32_safetensors_from_bytes(entries, metadata)
+        .map_err(|source| FileError::safetensors(path, source).into())
 }
 
 /// The bytes of a safetensors file holding f32 tensors `(key, shape, values)` and `metadata`:

@@ -75,7 +75,7 @@ pub fn save<'a, B: Backend>(
         modules,
     };
     let json = serde_json::to_vec_pretty(&config).expect("config serializes");
-    write_atomic(&dir.join(CONFIG_FILE), &json)
+    Ok(write_atomic(&dir.join(CONFIG_FILE), &json)?)
 }
 
 /// Loads the adapters saved by [`save`] from `dir`, checking every key and shape.

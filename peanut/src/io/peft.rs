@@ -584,7 +584,7 @@ pub fn add_modules_to_save(
     write_atomic(&weights_path, &serialized)?;
     config["modules_to_save"] = serde_json::json!(names);
     let json = serde_json::to_vec_pretty(&config).expect("config serializes");
-    write_atomic(&config_path, &json)
+    Ok(write_atomic(&config_path, &json)?)
 }
 
 /// Saves adapters in peft's format, so `PeftModel.from_pretrained` loads them onto the
@@ -709,5 +709,5 @@ pub fn save_peft<'a, B: Backend>(
     let bytes = serialize_tensors(&tensors, Some(metadata), &weights_path)?;
     write_atomic(&weights_path, &bytes)?;
     let json = serde_json::to_vec_pretty(&file).expect("config serializes");
-    write_atomic(&dir.join(CONFIG_FILE), &json)
+    Ok(write_atomic(&dir.join(CONFIG_FILE), &json)?)
 }
