@@ -104,6 +104,31 @@ fn relative_error(got: &[f64], want: &[f64]) -> f64 {
         / scale
 }
 
+/// The backend the test suite's features select, by the same rule as `peanut_train::backend`:
+/// a GPU feature, then flex, then candle, then ndarray. Fails when the root package's features and
+/// peanut-train's disagree (a feature that does not reach peanut-train, say), which would make a
+/// CI job run on another backend than it names.
+#[test]
+fn the_selected_backend_is_the_one_the_features_name() {
+    let want = if cfg!(feature = "cuda-unfused") {
+        "cuda"
+    } else if cfg!(feature = "wgpu-unfused") {
+        "wgpu"
+    } else if cfg!(feature = "flex") {
+        "flex"
+    } else if cfg!(feature = "candle") {
+        "candle"
+    } else {
+        "ndarray"
+    };
+    eprintln!("selected backend: {}", backend::NAME);
+    assert_eq!(backend::NAME, want);
+    // The training backend runs on the selected backend's default device.
+    use burn::tensor::ElementConversion;
+    let x = Tensor::<TrainBackend, 1>::from_floats([1.0, 2.0], &backend::device());
+    assert_eq!(x.sum().into_scalar().elem::<f32>(), 3.0);
+}
+
 #[test]
 fn adapted_linear_forward_and_grads_match_ndarray() {
     let device = backend::device();

@@ -811,6 +811,9 @@ fn lm_user_errors_name_the_path_or_option() {
 
 #[test]
 fn cli_train_lm_on_two_workers_with_checkpointing_in_bf16() {
+    if !crate::selected_backend_computes_in(peanut::Precision::Bf16) {
+        return;
+    }
     let root = temp_dir("lm-scale");
     let model_dir = write_model(&root.join("model"), 7);
     let data = write_examples(&root.join("data/train.json"), &examples(8));

@@ -28,6 +28,33 @@ use peanut_train::train::{
     self, AdapterOptions, Checked, ImageTrainConfig, LmTrainConfig, Method, RunOptions,
 };
 
+/// Whether the selected backend computes in `precision` (flex, cuda and wgpu have 16-bit floats;
+/// ndarray has not). When it has not, checks that asking for it is the `--precision` error a run
+/// gives before it starts, and says on stderr that the calling test checks only that: the
+/// half-precision tests then test the refusal on that backend (`.ci/ndarray.sh`).
+pub fn selected_backend_computes_in(precision: peanut::Precision) -> bool {
+    match train::check_precision::<TrainBackend>(&peanut_train::backend::device(), precision) {
+        Ok(()) => true,
+        Err(err) => {
+            assert!(
+                matches!(
+                    err,
+                    TrainError::InvalidOption {
+                        option: "--precision",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            eprintln!(
+                "{} has no {precision}: checked that asking for it is refused ({err})",
+                peanut_train::backend::NAME
+            );
+            false
+        }
+    }
+}
+
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("peanut-train-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
