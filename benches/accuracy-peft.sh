@@ -19,13 +19,20 @@
 # ImageFolder's `test/` split after every epoch), its final accuracy the `test: top-1` line.
 # One more peanut row (DEFAULTS_ROW=1, the first seed only) leaves the options a peft run needed
 # changing at peanut's defaults: gradient accumulation 4, linear decay, augmentation on.
-# Prints a table per stack (per seed and the mean over seeds) and the difference of the means,
+#
+# Each stack draws its own start (adapters' A, the new head) and data order from its seed, so
+# the two stacks' rows differ by the luck of those draws as well: a few points per seed here. The
+# paired rows (PAIRED=1, the default) remove it: the peanut runs write their start and order
+# (`--save-initial`, `<run>/initial/`), and PyTorch + peft trains again from exactly those
+# (`accuracy_peer.py --init --order`); the per-seed difference of the two is what the
+# implementations alone make.
+# Prints a table per stack (per seed and the mean over seeds) and the differences of the means,
 # and writes JSON lines to $OUT.
 #
 # Environment: PEANUT (binary, default target/release/peanut), SEEDS (default "0 1 2"), EPOCHS
 # (default 3), THREADS (CPU threads of each stack, default 1; accuracy does not depend on it),
 # PEANUT_DEVICES (peanut's --devices, default 1 when THREADS=1, else auto), STACKS (default
-# "peft peanut"), DEFAULTS_ROW (default 1), WORK (scratch, default /tmp/acc), OUT (default
+# "peft peanut"), DEFAULTS_ROW (default 1), PAIRED (default 1; needs both stacks), WORK (scratch, default /tmp/acc), OUT (default
 # $WORK/accuracy.jsonl), PYTHON (default python3), FRESH=1 (rerun PyTorch runs whose results are
 # kept in $WORK/results; peanut runs always run unless KEEP_PEANUT=1, which keeps a peanut result
 # made by the same command line, so that seeds can run as parallel invocations and one last
@@ -47,6 +54,8 @@ epochs="${EPOCHS:-3}"
 threads="${THREADS:-1}"
 stacks="${STACKS:-peft peanut}"
 defaults_row="${DEFAULTS_ROW:-1}"
+paired="${PAIRED:-1}"
+if [[ " $stacks " != *" peft "* || " $stacks " != *" peanut "* ]]; then paired=0; fi
 if [ "$threads" = 1 ]; then devices="${PEANUT_DEVICES:-1}"; else devices="${PEANUT_DEVICES:-auto}"; fi
 model_dir="$work/dinov2-s14-vit"
 data_dir="$work/fmnist-112"
@@ -155,9 +164,11 @@ sys.exit(0 if json.load(open(sys.argv[1])).get("command") == sys.argv[2] else 1)
 EOF
     then
         echo "== peanut ($variant), seed $seed: kept result $result (KEEP_PEANUT=1)" >&2
+        peanut_ran=0
         return
     fi
     echo "== peanut ($variant), seed $seed: ${cmd[*]}" >&2
+    peanut_ran=1
     local start end
     start="$(date +%s.%N)"
     PEANUT_PLAIN=1 RAYON_NUM_THREADS="$threads" "${cmd[@]}" 2>&1 | tee "$log" >&2
@@ -195,6 +206,7 @@ EOF
 
 peanut_files=()
 defaults_files=()
+paired_files=()
 if [[ " $stacks " == *" peanut "* ]]; then
     if [ ! -x "$peanut" ]; then
         echo "no peanut binary at $peanut (set PEANUT=/path/to/peanut)" >&2
@@ -207,8 +219,26 @@ if [[ " $stacks " == *" peanut "* ]]; then
         result="$results/peanut-matched-e$epochs-s$seed.json"
         peanut_files+=("$result")
         # What a peft run does: no accumulation, constant rate, no warmup, no augmentation.
+        save=()
+        if [ "$paired" = 1 ]; then save=(--save-initial); fi
         peanut_run matched "$seed" "$result" "${common[@]}" --scaling 1 \
-            --grad-accumulation 1 --decay constant --warmup-ratio 0 --no-augment
+            --grad-accumulation 1 --decay constant --warmup-ratio 0 --no-augment "${save[@]}"
+        if [ "$paired" = 1 ]; then
+            # PyTorch + peft again, from this run's start and in its order.
+            initial="$runs/peanut-matched-e$epochs-s$seed/initial"
+            paired_result="$results/peft-paired-e$epochs-s$seed.json"
+            paired_files+=("$paired_result")
+            if [ "$peanut_ran" = 0 ] && [ -f "$paired_result" ]; then
+                echo "== PyTorch + peft from peanut's draws, seed $seed: kept $paired_result" >&2
+                continue
+            fi
+            echo "== PyTorch + peft from peanut's draws, seed $seed ($initial)" >&2
+            "$python" benches/accuracy_peer.py --model "$model_dir" --data "$data_dir" \
+                --seed "$seed" --epochs "$epochs" --batch-size "$batch" --lr "$lr" \
+                --weight-decay "$weight_decay" --rank "$rank" --peft-depth $(((depth - 2) / 2)) \
+                --act "$activation" --threads "$threads" --out "$paired_result" \
+                --init "$initial" --order "$initial/order.json"
+        fi
     done
     if [ "$defaults_row" = 1 ]; then
         seed="${seeds%% *}"
@@ -220,17 +250,20 @@ fi
 
 # --- tables -----------------------------------------------------------------------------------
 "$python" - "$out" "$epochs" "${#peft_files[@]}" "${peft_files[@]}" \
-    "${#peanut_files[@]}" "${peanut_files[@]}" "${#defaults_files[@]}" "${defaults_files[@]}" <<'EOF'
+    "${#peanut_files[@]}" "${peanut_files[@]}" "${#defaults_files[@]}" "${defaults_files[@]}" \
+    "${#paired_files[@]}" "${paired_files[@]}" <<'EOF'
 import json, statistics, sys
 args = sys.argv[1:]
 out, epochs = args[0], int(args[1])
 rest = args[2:]
 groups = []
-for _ in range(3):
+for _ in range(4):
     n = int(rest[0])
     groups.append([json.load(open(p)) for p in rest[1:1 + n]])
     rest = rest[1 + n:]
-peft_rows, peanut_rows, default_rows = groups
+peft_rows, peanut_rows, default_rows, paired_rows = groups
+for row in paired_rows:
+    row["variant"] = "from peanut's draws"
 
 def accuracies(row):
     by_epoch = {e["epoch"]: e["test_accuracy"] for e in row["epochs"]}
@@ -269,24 +302,36 @@ peanut_means = table("peanut `train image`, the peft recipe (--grad-accumulation
                      "--no-augment)", peanut_rows)
 table("peanut `train image` with its defaults for accumulation (4), decay (linear) and augmentation (on)",
       default_rows, label=lambda r: f"{r['seed']} (defaults)")
-if peft_means and peanut_means:
+paired_means = table("PyTorch + peft from peanut's draws (each peanut run's adapters, head and order: "
+                     "accuracy_peer.py --init --order)", paired_rows)
+
+def difference(title, ours, theirs):
     names = [f"epoch {e}" for e in range(1, epochs + 1)] + ["final"]
-    print("\npeanut − peft, difference of the means over seeds (percentage points)\n")
+    print(f"\n{title}\n")
     print("| " + " | ".join(names) + " |")
     print("|" + "---|" * len(names))
     print("| " + " | ".join("—" if a is None or b is None else f"{100 * (a - b):+.2f}"
-                            for a, b in zip(peanut_means, peft_means)) + " |")
+                            for a, b in zip(ours, theirs)) + " |")
+
+if peft_means and peanut_means:
+    difference("peanut − peft, each with its own draws: difference of the means over seeds "
+               "(percentage points)", peanut_means, peft_means)
+if peanut_means and paired_means:
+    difference("peanut − PyTorch + peft from the same draws: difference of the means over the "
+               "same seeds (percentage points)", peanut_means, paired_means)
 with open(out, "w") as f:
-    for row in peft_rows + peanut_rows + default_rows:
+    for row in peft_rows + peanut_rows + default_rows + paired_rows:
         f.write(json.dumps({"stack": row["stack"], "variant": row.get("variant", "hand-written loop"),
                             "seed": row["seed"],
                             "test_accuracy_per_epoch": accuracies(row)[:-1],
                             "final_test_accuracy": row["final_test_accuracy"],
                             "trainable_params": row["trainable_params"],
                             "wall_s": row["wall_s"]}) + "\n")
-    for stack, means in (("pytorch+peft", peft_means), ("peanut", peanut_means)):
+    for stack, variant, means in (("pytorch+peft", "own draws", peft_means),
+                                  ("peanut", "own draws", peanut_means),
+                                  ("pytorch+peft", "from peanut's draws", paired_means)):
         if means:
-            f.write(json.dumps({"summary": "mean over seeds", "stack": stack,
+            f.write(json.dumps({"summary": "mean over seeds", "stack": stack, "variant": variant,
                                 "test_accuracy_per_epoch": means[:-1],
                                 "final_test_accuracy": means[-1]}) + "\n")
 print(f"\nwrote {out}")

@@ -13,6 +13,11 @@ augmentation; images read from the ImageFolder at their stored size (112 px), sc
 and normalised with the checkpoint's `preprocessor_config.json` mean and std, positions
 interpolated (`interpolate_pos_encoding=True`). Test accuracy after every epoch. Writes one JSON
 object (`--out`) and prints progress. Needs torch, transformers, peft, Pillow, numpy.
+
+With `--init DIR --order FILE` (what `peanut train image --save-initial` writes in
+`<run>/initial/`), the loop starts from that run's adapters and head instead of its own draws and
+takes the examples in that run's order: the same start and data as the peanut run, so the two
+stacks differ only in how they compute.
 """
 
 import argparse
@@ -58,6 +63,8 @@ def main():
                         help="peft's depth: encoder/decoder pairs (0 = the paper's depth 2)")
     parser.add_argument("--act", default="relu")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--init", help="start from this peft adapter directory (adapters and head)")
+    parser.add_argument("--order", help="take each epoch's examples in this order (order.json)")
     args = parser.parse_args()
 
     started = time.time()
@@ -89,6 +96,21 @@ def main():
     config = peft.PeanutConfig(r=args.rank, depth=args.peft_depth, act_fn=args.act,
                                target_modules=targets, modules_to_save=["classifier"])
     model = peft.get_peft_model(model, config)
+    if args.init:
+        from safetensors.torch import load_file
+        start = load_file(os.path.join(args.init, "adapter_model.safetensors"))
+        ours = peft.get_peft_model_state_dict(model)
+        assert sorted(start) == sorted(ours), (
+            f"{args.init} holds other tensors than this model's trainable ones: "
+            f"{sorted(set(start) ^ set(ours))[:5]}")
+        result = peft.set_peft_model_state_dict(model, start)
+        assert not result.unexpected_keys, result.unexpected_keys
+        print(f"[peft seed {args.seed}] starting from {args.init}", flush=True)
+    orders = None
+    if args.order:
+        with open(args.order) as f:
+            orders = json.load(f)["epochs"]
+        assert len(orders) >= args.epochs, f"{args.order} has {len(orders)} epochs"
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
     print(f"[peft seed {args.seed}] {len(train_y)} train / {len(test_y)} test images, "
@@ -113,6 +135,9 @@ def main():
     for epoch in range(1, args.epochs + 1):
         t0 = time.time()
         perm = torch.randperm(len(train_y), generator=order)
+        if orders is not None:
+            perm = torch.tensor(orders[epoch - 1], dtype=torch.int64)
+            assert sorted(perm.tolist()) == list(range(len(train_y))), "order: not a permutation"
         loss_sum, seen = 0.0, 0
         for start in range(0, len(perm), args.batch_size):
             index = perm[start:start + args.batch_size]

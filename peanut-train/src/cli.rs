@@ -286,6 +286,11 @@ pub struct RunDirArgs {
     /// to `<output-dir>/merged`: what `peanut merge` writes from the run's export.
     #[arg(long)]
     pub merged: bool,
+    /// Also write the run's starting point to `<output-dir>/initial/`: the adapters (and head)
+    /// before the first update in peft's format, and every epoch's example order
+    /// (`order.json`), to train another implementation from the same draws.
+    #[arg(long, conflicts_with = "resume")]
+    pub save_initial: bool,
 }
 
 /// Where and how a training run computes (`train image` and `train lm`).
@@ -330,6 +335,7 @@ impl TrainImageArgs {
                 overwrite: self.run_dir.overwrite,
                 label: self.adapter.method.name().into(),
                 model: self.model.display().to_string(),
+                save_initial: self.run_dir.save_initial,
             },
             config: self.config(),
             merged: self.run_dir.merged,

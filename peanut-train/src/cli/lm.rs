@@ -118,6 +118,7 @@ impl TrainLmArgs {
                 overwrite: self.run_dir.overwrite,
                 label: format!("{} lm", config.method.name()),
                 model: self.model.display().to_string(),
+                save_initial: self.run_dir.save_initial,
             },
             config,
             merged: self.run_dir.merged,

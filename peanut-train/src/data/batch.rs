@@ -94,14 +94,24 @@ impl EpochOrder {
         self
     }
 
+    /// The examples of pass `pass` (0-based), as indices into the split, in the order a single
+    /// device trains on them: step `k` takes positions `k·batch .. (k+1)·batch`, and with
+    /// several devices ([`EpochOrder::for_devices`]) each step still takes exactly those
+    /// examples. Written by `--save-initial` so another implementation can follow the run.
+    pub fn pass_order(&self, pass: usize) -> Vec<usize> {
+        match self.seed {
+            Some(seed) => SplitMix64::for_parts(&[seed, pass as u64]).permutation(self.len),
+            None => (0..self.len).collect(),
+        }
+    }
+
     fn permuted(&self, pass: usize, index: usize) -> usize {
-        let Some(seed) = self.seed else { return index };
+        if self.seed.is_none() {
+            return index;
+        }
         let mut order = self.order.lock().unwrap_or_else(|e| e.into_inner());
         if order.0 != pass {
-            *order = (
-                pass,
-                SplitMix64::for_parts(&[seed, pass as u64]).permutation(self.len),
-            );
+            *order = (pass, self.pass_order(pass));
         }
         order.1[index]
     }

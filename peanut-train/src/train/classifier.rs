@@ -8,8 +8,13 @@ use burn::tensor::backend::Backend;
 use burn::train::ClassificationOutput;
 use peanut_models::Vit;
 
-use super::step::{Objective, Trainee};
+use std::path::Path;
+
+use peanut_models::AdaptableModel;
+
+use super::step::{Objective, Trainee, check_peft_adapters};
 use crate::data::ImageBatch;
+use crate::error::Result;
 
 /// A [`Vit`] ready for burn's Learner.
 pub type ImageClassifier<B> = Trainee<B, Vit<B>>;
@@ -34,5 +39,16 @@ impl<B: Backend> Objective<B> for Vit<B> {
 
     fn visit_head<V: ModuleVisitor<B>>(&self, visitor: &mut V) {
         self.classifier.visit(visitor);
+    }
+
+    fn check_save_peft(&self) -> Result<()> {
+        check_peft_adapters(self)
+    }
+
+    fn save_peft(&self, dir: &Path) -> Result<()> {
+        check_peft_adapters(self)?;
+        self.save_adapters_peft(dir, None)?;
+        self.add_head_to_peft(dir)?;
+        Ok(())
     }
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use burn::module::AutodiffModule;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::train::{
     Interrupter, Learner, LearningComponentsMarker, SupervisedTraining, TrainLoader, ValidLoader,
 };
@@ -113,6 +113,66 @@ pub fn optimizer(weight_decay: f64) -> AdamWConfig {
         .with_epsilon(1e-8)
 }
 
+/// What `order.json` of [`run::INITIAL_DIR`] holds.
+#[derive(Serialize)]
+struct InitialOrder {
+    /// The run's seed.
+    seed: u64,
+    /// Examples in the training split.
+    examples: usize,
+    /// Examples per forward/backward pass, over every device.
+    batch_size: usize,
+    /// Passes whose gradients make one update.
+    grad_accumulation: usize,
+    /// Per epoch, the indices into the training split in training order.
+    epochs: Vec<Vec<usize>>,
+}
+
+/// Writes [`RunOptions::save_initial`]'s files to `dir`: `model`'s trainable tensors (peft's
+/// format) and every epoch's order, into `dir` with `.tmp` appended, renamed to `dir` once
+/// complete (a kill leaves the whole directory or none).
+fn save_initial<B: Backend, M: Objective<B>, C: Serialize>(
+    model: &M,
+    recipe: &Recipe<'_, C>,
+    dir: &Path,
+) -> Result<()> {
+    let mut staging = dir.as_os_str().to_owned();
+    staging.push(".tmp");
+    let staging = std::path::PathBuf::from(staging);
+    let io = |action, path: &Path, e| crate::TrainError::io(action, path, e);
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(|e| io("cannot remove", &staging, e))?;
+    }
+    write_initial(model, recipe, &staging)?;
+    // One left by an earlier start of this same run (killed before its first checkpoint).
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| io("cannot remove", dir, e))?;
+    }
+    std::fs::rename(&staging, dir).map_err(|e| io("cannot rename into place", &staging, e))?;
+    Ok(())
+}
+
+/// The files of [`save_initial`], into `dir`.
+fn write_initial<B: Backend, M: Objective<B>, C: Serialize>(
+    model: &M,
+    recipe: &Recipe<'_, C>,
+    dir: &Path,
+) -> Result<()> {
+    model.save_peft(dir)?;
+    let order = EpochOrder::new(recipe.examples, Some(recipe.seed));
+    let order = InitialOrder {
+        seed: recipe.seed,
+        examples: recipe.examples,
+        batch_size: recipe.batch_size,
+        grad_accumulation: recipe.grad_accumulation,
+        epochs: (0..recipe.epochs).map(|e| order.pass_order(e)).collect(),
+    };
+    let path = dir.join(run::ORDER_FILE);
+    let bytes = serde_json::to_vec(&order).map_err(|e| peanut::FileError::json(&path, e))?;
+    peanut::io::write_atomic(&path, &bytes)?;
+    Ok(())
+}
+
 /// The loaders of one run: the training loader takes the epoch order [`fit`] lays out and the
 /// per-device batch.
 pub type Loaders<B, M> = (TrainLoader<Components<B, M>>, ValidLoader<Components<B, M>>);
@@ -154,6 +214,9 @@ where
     // directory is opened, so a refused option leaves the directory untouched.
     B::seed(device, recipe.seed);
     let (model, trainable_params) = prepare(model)?;
+    if run.save_initial {
+        model.check_save_peft()?;
+    }
     let (start_epoch, lock) = run::begin(
         run,
         recipe.data,
@@ -161,6 +224,9 @@ where
         recipe.epochs,
         &base_fingerprint,
     )?;
+    if run.save_initial && start_epoch.is_none() {
+        save_initial(&model, &recipe, &run.dir.join(run::INITIAL_DIR))?;
+    }
 
     let order = EpochOrder::new(recipe.examples, Some(recipe.seed))
         .starting_at_pass(start_epoch.unwrap_or(0))

@@ -170,7 +170,20 @@ pub struct RunOptions {
     pub label: String,
     /// Where the base model came from (a path or a hub id), recorded in `run.json`.
     pub model: String,
+    /// Also write the starting point of a new run to `dir/initial/` ([`INITIAL_DIR`]): the
+    /// trainable tensors before the first update in Hugging Face peft's format (adapters, and
+    /// a classifier's head as `modules_to_save`) and the example order of every epoch
+    /// (`order.json`), so another implementation can train from the same draws
+    /// (`benches/accuracy-peft.sh` does, with PyTorch + peft). Needs adapters of one method;
+    /// a resumed run does not write it again.
+    pub save_initial: bool,
 }
+
+/// The subdirectory of a run directory that [`RunOptions::save_initial`] writes.
+pub const INITIAL_DIR: &str = "initial";
+
+/// The file of [`INITIAL_DIR`] that holds the example order of every epoch.
+pub const ORDER_FILE: &str = "order.json";
 
 impl RunOptions {
     /// A new run in `dir` (no resume, no overwrite), labelled `run`, base model unnamed.
@@ -181,6 +194,7 @@ impl RunOptions {
             overwrite: false,
             label: "run".into(),
             model: String::new(),
+            save_initial: false,
         }
     }
 }
@@ -201,8 +215,10 @@ struct RunRecord {
 }
 
 /// The entries a run writes into its directory; `--overwrite` removes these and nothing else.
-const RUN_ENTRIES: [&str; 11] = [
+const RUN_ENTRIES: [&str; 13] = [
     "run.json",
+    INITIAL_DIR,
+    "initial.tmp",
     checkpoint::FOLDER,
     "export",
     "export.tmp",

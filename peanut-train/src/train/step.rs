@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use burn::module::{AutodiffModule, Devices, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
@@ -18,9 +19,11 @@ use burn::train::metric::{
     SerializedEntry,
 };
 use burn::train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
+use peanut_models::AdaptableModel;
 use serde::{Deserialize, Serialize};
 
 use super::guard::{LossGuard, clip_global_norm};
+use crate::error::Result;
 
 /// What a model computes in one step of a pipeline: the loss to minimise, and what the metrics
 /// read. Implemented for [`peanut_models::Vit`] (classification) and [`peanut_models::Llama`]
@@ -37,6 +40,36 @@ pub trait Objective<B: Backend>: Module<B> {
     /// Visits the parameters of the head (the group trained at [`LearningRates::head`]); the
     /// default, no head, puts every parameter in the other group.
     fn visit_head<V: ModuleVisitor<B>>(&self, _visitor: &mut V) {}
+
+    /// Refuses, before a run opens its directory, a model [`Objective::save_peft`] cannot
+    /// write: one without adapters, or with adapters of two methods (peft holds one).
+    ///
+    /// # Errors
+    /// [`crate::TrainError::InvalidOption`] naming `--save-initial`.
+    fn check_save_peft(&self) -> Result<()>;
+
+    /// Writes the trainable tensors to `dir` in Hugging Face peft's format: the adapters, and
+    /// a head as `modules_to_save` (what [`super::RunOptions::save_initial`] writes).
+    ///
+    /// # Errors
+    /// What [`Objective::check_save_peft`] refuses, or a failed write.
+    fn save_peft(&self, dir: &Path) -> Result<()>;
+}
+
+/// [`Objective::check_save_peft`] for any adaptable model.
+pub(crate) fn check_peft_adapters<B: Backend, M: AdaptableModel<B>>(model: &M) -> Result<()> {
+    let adapters = model.adapters();
+    let reason = match adapters.first() {
+        None => "the run trains no adapters (use --method peanut or lora)".to_string(),
+        Some((_, first)) if adapters.iter().any(|(_, a)| a.method() != first.method()) => {
+            "peft's format holds adapters of one method, and this model has two".to_string()
+        }
+        Some(_) => return Ok(()),
+    };
+    Err(crate::TrainError::InvalidOption {
+        option: "--save-initial",
+        reason,
+    })
 }
 
 /// Peak learning rates of the two parameter groups, as absolute values; the Learner's scheduler
