@@ -17,7 +17,7 @@
 #
 # Two tests of `peanut-train/tests/fault.rs` are skipped here, and run on flex only:
 # `runs_killed_at_random_instants_resume_to_the_same_export` includes a `--precision bf16` run,
-# which ndarray refuses, and `two_default_lm_runs_with_one_seed_export_the_same_bytes` trains
+# which ndarray refuses, and its kills resume runs of the default two CPU workers; and `two_default_lm_runs_with_one_seed_export_the_same_bytes` trains
 # with the default two CPU workers, and two such ndarray processes export different last bits
 # (the same concurrency effect as above). The other two fault tests run.
 #
