@@ -101,10 +101,6 @@ impl<B: Backend> Objective<B> for Llama<B> {
         (output.loss.clone(), output)
     }
 
-    fn check_save_peft(&self) -> crate::error::Result<()> {
-        super::step::check_peft_adapters(self)
-    }
-
     fn save_peft(&self, dir: &std::path::Path) -> crate::error::Result<()> {
         super::step::check_peft_adapters(self)?;
         peanut_models::AdaptableModel::save_adapters_peft(self, dir, None)?;

@@ -41,10 +41,6 @@ impl<B: Backend> Objective<B> for Vit<B> {
         self.classifier.visit(visitor);
     }
 
-    fn check_save_peft(&self) -> Result<()> {
-        check_peft_adapters(self)
-    }
-
     fn save_peft(&self, dir: &Path) -> Result<()> {
         check_peft_adapters(self)?;
         self.save_adapters_peft(dir, None)?;

@@ -14,6 +14,7 @@ use burn::train::{
     Interrupter, Learner, LearningComponentsMarker, SupervisedTraining, TrainLoader, ValidLoader,
 };
 use peanut::Precision;
+use peanut_models::AdaptableModel;
 use serde::Serialize;
 
 use super::checkpoint;
@@ -128,38 +129,25 @@ struct InitialOrder {
     epochs: Vec<Vec<usize>>,
 }
 
-/// Writes [`RunOptions::save_initial`]'s files to `dir`: `model`'s trainable tensors (peft's
-/// format) and every epoch's order, into `dir` with `.tmp` appended, renamed to `dir` once
-/// complete (a kill leaves the whole directory or none).
+/// Writes [`RunOptions::save_initial`]'s files to `dir` the crash-safe way of an export
+/// ([`run::export_atomically`]): `model`'s trainable tensors (peft's format) and every epoch's
+/// order in `order`.
 fn save_initial<B: Backend, M: Objective<B>, C: Serialize>(
     model: &M,
     recipe: &Recipe<'_, C>,
+    order: &EpochOrder,
     dir: &Path,
 ) -> Result<()> {
-    let mut staging = dir.as_os_str().to_owned();
-    staging.push(".tmp");
-    let staging = std::path::PathBuf::from(staging);
-    let io = |action, path: &Path, e| crate::TrainError::io(action, path, e);
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(|e| io("cannot remove", &staging, e))?;
-    }
-    write_initial(model, recipe, &staging)?;
-    // One left by an earlier start of this same run (killed before its first checkpoint).
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| io("cannot remove", dir, e))?;
-    }
-    std::fs::rename(&staging, dir).map_err(|e| io("cannot rename into place", &staging, e))?;
+    run::export_atomically(dir, |dir| {
+        model.save_peft(dir)?;
+        write_order(recipe, order, dir)?;
+        Ok(Vec::new())
+    })?;
     Ok(())
 }
 
-/// The files of [`save_initial`], into `dir`.
-fn write_initial<B: Backend, M: Objective<B>, C: Serialize>(
-    model: &M,
-    recipe: &Recipe<'_, C>,
-    dir: &Path,
-) -> Result<()> {
-    model.save_peft(dir)?;
-    let order = EpochOrder::new(recipe.examples, Some(recipe.seed));
+/// `order.json` of [`save_initial`], into `dir`.
+fn write_order<C: Serialize>(recipe: &Recipe<'_, C>, order: &EpochOrder, dir: &Path) -> Result<()> {
     let order = InitialOrder {
         seed: recipe.seed,
         examples: recipe.examples,
@@ -203,7 +191,7 @@ pub fn fit<B, M, C>(
 where
     B: AutodiffBackend,
     C: Serialize,
-    M: Objective<B> + AutodiffModule<B> + std::fmt::Display + 'static,
+    M: Objective<B> + AdaptableModel<B> + AutodiffModule<B> + std::fmt::Display + 'static,
     M::InnerModule: Objective<B::InnerBackend>,
 {
     let (device, per_device) =
@@ -215,7 +203,7 @@ where
     B::seed(device, recipe.seed);
     let (model, trainable_params) = prepare(model)?;
     if run.save_initial {
-        model.check_save_peft()?;
+        super::step::check_peft_adapters(&model)?;
     }
     let (start_epoch, lock) = run::begin(
         run,
@@ -224,13 +212,13 @@ where
         recipe.epochs,
         &base_fingerprint,
     )?;
-    if run.save_initial && start_epoch.is_none() {
-        save_initial(&model, &recipe, &run.dir.join(run::INITIAL_DIR))?;
-    }
 
     let order = EpochOrder::new(recipe.examples, Some(recipe.seed))
         .starting_at_pass(start_epoch.unwrap_or(0))
         .for_devices(per_device, devices.len());
+    if run.save_initial && start_epoch.is_none() {
+        save_initial(&model, &recipe, &order, &run.dir.join(run::INITIAL_DIR))?;
+    }
     let (loader_train, loader_valid) = loaders(order, per_device);
 
     let per_epoch = recipe.examples.div_ceil(recipe.batch_size);

@@ -215,10 +215,11 @@ struct RunRecord {
 }
 
 /// The entries a run writes into its directory; `--overwrite` removes these and nothing else.
-const RUN_ENTRIES: [&str; 13] = [
+const RUN_ENTRIES: [&str; 14] = [
     "run.json",
     INITIAL_DIR,
     "initial.tmp",
+    "initial.old",
     checkpoint::FOLDER,
     "export",
     "export.tmp",
@@ -639,7 +640,7 @@ pub(crate) fn check_divergence(
     })
 }
 
-/// Writes a run's export directory `dir` the crash-safe way: `write` fills a fresh staging
+/// Writes a directory of a run (its export, `--save-initial`'s start) `dir` the crash-safe way: `write` fills a fresh staging
 /// directory beside it (`dir` with `.tmp` appended), whose files are then synced and which
 /// replaces `dir` by renames. A process killed meanwhile leaves the previous `dir` (or none)
 /// and a staging directory the next export removes. Returns what `write` returned, with paths

@@ -41,22 +41,20 @@ pub trait Objective<B: Backend>: Module<B> {
     /// default, no head, puts every parameter in the other group.
     fn visit_head<V: ModuleVisitor<B>>(&self, _visitor: &mut V) {}
 
-    /// Refuses, before a run opens its directory, a model [`Objective::save_peft`] cannot
-    /// write: one without adapters, or with adapters of two methods (peft holds one).
-    ///
-    /// # Errors
-    /// [`crate::TrainError::InvalidOption`] naming `--save-initial`.
-    fn check_save_peft(&self) -> Result<()>;
-
     /// Writes the trainable tensors to `dir` in Hugging Face peft's format: the adapters, and
     /// a head as `modules_to_save` (what [`super::RunOptions::save_initial`] writes).
     ///
     /// # Errors
-    /// What [`Objective::check_save_peft`] refuses, or a failed write.
+    /// What [`check_peft_adapters`] refuses, or a failed write.
     fn save_peft(&self, dir: &Path) -> Result<()>;
 }
 
-/// [`Objective::check_save_peft`] for any adaptable model.
+/// Refuses a model [`Objective::save_peft`] cannot write: one without adapters, or with
+/// adapters of two methods (peft holds one). [`super::fit::fit`] asks before a run opens its
+/// directory.
+///
+/// # Errors
+/// [`crate::TrainError::InvalidOption`] naming `--save-initial`.
 pub(crate) fn check_peft_adapters<B: Backend, M: AdaptableModel<B>>(model: &M) -> Result<()> {
     let adapters = model.adapters();
     let reason = match adapters.first() {
