@@ -121,6 +121,17 @@ if [ ! -f "$data_dir/manifest.json" ]; then
 fi
 
 # --- PyTorch + peft ---------------------------------------------------------------------------
+# One run of the recipe in benches/accuracy_peer.py for seed $1, written to $2, with the options
+# that follow (the paired runs' --init and --order).
+peer_run() { # seed result options...
+    local seed="$1" result="$2"
+    shift 2
+    "$python" benches/accuracy_peer.py --model "$model_dir" --data "$data_dir" \
+        --seed "$seed" --epochs "$epochs" --batch-size "$batch" --lr "$lr" \
+        --weight-decay "$weight_decay" --rank "$rank" --peft-depth $(((depth - 2) / 2)) \
+        --act "$activation" --threads "$threads" --out "$result" "$@"
+}
+
 peft_files=()
 if [[ " $stacks " == *" peft "* ]]; then
     for seed in $seeds; do
@@ -141,10 +152,7 @@ EOF
             continue
         fi
         echo "== PyTorch + peft, seed $seed" >&2
-        "$python" benches/accuracy_peer.py --model "$model_dir" --data "$data_dir" \
-            --seed "$seed" --epochs "$epochs" --batch-size "$batch" --lr "$lr" \
-            --weight-decay "$weight_decay" --rank "$rank" --peft-depth $(((depth - 2) / 2)) \
-            --act "$activation" --threads "$threads" --out "$result"
+        peer_run "$seed" "$result"
     done
 fi
 
@@ -233,11 +241,7 @@ if [[ " $stacks " == *" peanut "* ]]; then
                 continue
             fi
             echo "== PyTorch + peft from peanut's draws, seed $seed ($initial)" >&2
-            "$python" benches/accuracy_peer.py --model "$model_dir" --data "$data_dir" \
-                --seed "$seed" --epochs "$epochs" --batch-size "$batch" --lr "$lr" \
-                --weight-decay "$weight_decay" --rank "$rank" --peft-depth $(((depth - 2) / 2)) \
-                --act "$activation" --threads "$threads" --out "$paired_result" \
-                --init "$initial" --order "$initial/order.json"
+            peer_run "$seed" "$paired_result" --init "$initial" --order "$initial/order.json"
         fi
     done
     if [ "$defaults_row" = 1 ]; then
