@@ -62,7 +62,7 @@ pub trait AdaptableModel<B: Backend>: Module<B> + Sized {
         for (path, layer) in self.linears_mut() {
             if chosen.contains(&path) {
                 let [d_input, d_output] = layer.dims();
-                let device = layer.base.weight.device();
+                let device = layer.device();
                 let layer_seed = peanut::init::layer_seed(seed, &path);
                 layer.push_adapter(config.init(d_input, d_output, layer_seed, &device)?);
             }

@@ -78,6 +78,15 @@ pub enum ModelError {
         index: usize,
     },
 
+    /// A linear weight cannot be stored quantized (`peanut::quant`).
+    #[error("weight `{key}` cannot be quantized: {source}")]
+    Quantize {
+        /// The weight's key.
+        key: String,
+        /// Why.
+        source: peanut::quant::QuantizeError,
+    },
+
     /// A checkpoint tensor is stored with a dtype that is not a float.
     #[error("tensor `{key}` in `{path}` has dtype {dtype}; expected F32, F16, BF16 or F64")]
     UnsupportedDtype {

@@ -5,8 +5,8 @@ use burn::module::Param;
 use burn::nn::Linear;
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use peanut::AdaptedLinear;
-use peanut::Precision;
 use peanut::init::SeededRng;
+use peanut::{FrozenStorage, Precision, Quantization, QuantizedWeight};
 
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
@@ -34,6 +34,8 @@ pub(crate) struct Source<'a, B: Backend> {
     device: B::Device,
     /// The type linear weights and 2-D parameters are stored in.
     precision: Precision,
+    /// The format linear weights are quantized in, when they are (heads never are).
+    quantization: Option<Quantization>,
 }
 
 impl<'a, B: Backend> Source<'a, B> {
@@ -43,6 +45,7 @@ impl<'a, B: Backend> Source<'a, B> {
             weights: Weights::Random(SeededRng::new(seed)),
             device: device.clone(),
             precision: Precision::F32,
+            quantization: None,
         }
     }
 
@@ -52,6 +55,7 @@ impl<'a, B: Backend> Source<'a, B> {
             weights: Weights::Checkpoint(checkpoint),
             device: device.clone(),
             precision: Precision::F32,
+            quantization: None,
         }
     }
 
@@ -59,6 +63,15 @@ impl<'a, B: Backend> Source<'a, B> {
     /// read.
     pub fn with_precision(mut self, precision: Precision) -> Self {
         self.precision = precision;
+        self
+    }
+
+    /// Stores frozen matrices as `storage` says: linear weights quantized as they are read
+    /// (one layer at a time in f32) when it quantizes, other matrices in its precision.
+    pub fn with_storage(mut self, storage: impl Into<FrozenStorage>) -> Self {
+        let storage = storage.into();
+        self.precision = storage.precision;
+        self.quantization = storage.quantization;
         self
     }
 
@@ -115,7 +128,11 @@ impl<'a, B: Backend> Source<'a, B> {
         std: f64,
     ) -> Result<AdaptedLinear<B>> {
         let Weights::Random(rng) = &mut self.weights else {
-            return self.linear(prefix, d_input, d_output, true);
+            // A head trains: it is read as it is stored, never quantized.
+            let quantization = self.quantization.take();
+            let head = self.linear(prefix, d_input, d_output, true);
+            self.quantization = quantization;
+            return head;
         };
         let weight = draw(
             rng,
@@ -162,6 +179,15 @@ impl<'a, B: Backend> Source<'a, B> {
         } else {
             None
         };
+        if let Some(format) = self.quantization {
+            let quantized = QuantizedWeight::quantize(weight, format).map_err(|source| {
+                crate::error::ModelError::Quantize {
+                    key: format!("{prefix}.weight"),
+                    source,
+                }
+            })?;
+            return Ok(AdaptedLinear::from_quantized(quantized, bias));
+        }
         let base = Linear {
             weight: Param::from_tensor(self.stored(weight)),
             bias,

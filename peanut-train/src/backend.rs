@@ -65,6 +65,20 @@ pub type CheckpointedTrainBackend = burn::backend::Autodiff<
     burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing,
 >;
 
+/// Registers this build's training backends ([`TrainBackend`], [`CheckpointedTrainBackend`])
+/// with [`peanut::quant::register_autodiff`], so that training on quantized base weights
+/// (`--quantize`) keeps no float copy of them for the backward pass. Idempotent.
+pub fn register_quantized() {
+    peanut::quant::register_autodiff::<
+        Selected,
+        burn::backend::autodiff::checkpoint::strategy::NoCheckpointing,
+    >();
+    peanut::quant::register_autodiff::<
+        Selected,
+        burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing,
+    >();
+}
+
 /// A short name of the selected backend, for logs and `peanut info`.
 pub const NAME: &str = if cfg!(feature = "cuda-unfused") {
     "cuda"

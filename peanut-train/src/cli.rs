@@ -310,6 +310,12 @@ pub struct ExecutionArgs {
     /// it; adapters, head, norms and the loss stay f32.
     #[arg(long, default_value = "f32", value_parser = values::precision)]
     pub precision: peanut::Precision,
+    /// Store the frozen linear weights quantized by blocks of 64: `int8` (absmax, 1.06 bytes a
+    /// weight) or `nf4` (4-bit NormalFloat as QLoRA, 0.56 bytes), quantized as they are read.
+    /// Their products dequantize inside the operation; the embeddings follow --precision.
+    /// Adapter runs only (not --method full); CPU and CUDA builds.
+    #[arg(long, value_parser = values::quantization)]
+    pub quantize: Option<peanut::Quantization>,
 }
 
 impl Default for ExecutionArgs {
@@ -319,6 +325,7 @@ impl Default for ExecutionArgs {
             devices: train::DeviceSpec::default(),
             checkpointing: false,
             precision: peanut::Precision::F32,
+            quantize: None,
         }
     }
 }
@@ -365,6 +372,7 @@ impl TrainImageArgs {
             augment: !self.no_augment,
             normalization: Normalization::VIT,
             precision: self.execution.precision,
+            quantize: self.execution.quantize,
         }
     }
 }

@@ -6,6 +6,7 @@ use burn::tensor::{DType, Tensor, backend::Backend};
 
 use crate::adapter::Adapter;
 use crate::precision::{cast_to, linear_as_stored, set_trainable};
+use crate::quant::{BaseWeight, Quantization, QuantizeError, QuantizedWeight};
 
 /// A linear layer with a frozen base and any number of adapters (usually zero or one).
 ///
@@ -21,8 +22,12 @@ use crate::precision::{cast_to, linear_as_stored, set_trainable};
 #[derive(Module, Debug)]
 pub struct AdaptedLinear<B: Backend> {
     /// The pretrained layer: `W0: [d_input, d_output]` and its bias. Always the original weight,
-    /// also while merged.
+    /// also while merged. While `W0` is stored quantized (see [`AdaptedLinear::quantize`]),
+    /// `base.weight` is an empty `[0, 0]` placeholder and the weight lives in `quantized`; read
+    /// it with [`AdaptedLinear::base_weight`], which serves both.
     pub base: Linear<B>,
+    /// `W0` stored quantized (crate::quant), in place of `base.weight`.
+    pub quantized: Option<QuantizedWeight<B>>,
     /// The adapters; their contributions add up.
     pub adapters: Vec<Adapter<B>>,
     /// `W0 + ΣΔW`, cached while the layer is merged for inference (not saved in records).
@@ -37,9 +42,70 @@ impl<B: Backend> AdaptedLinear<B> {
     pub fn new(base: Linear<B>) -> Self {
         Self {
             base: base.no_grad(),
+            quantized: None,
             adapters: Vec::new(),
             merged_weight: None,
             base_trainable: false,
+        }
+    }
+
+    /// A frozen layer whose weight is stored quantized, with an optional bias.
+    pub fn from_quantized(weight: QuantizedWeight<B>, bias: Option<Param<Tensor<B, 1>>>) -> Self {
+        let placeholder = Tensor::<B, 2>::zeros([0, 0], &weight.device());
+        let mut layer = Self::new(Linear {
+            weight: Param::from_tensor(placeholder),
+            bias,
+        });
+        layer.quantized = Some(weight);
+        layer
+    }
+
+    /// Stores `W0` quantized in `format` (a no-op when it already is in that format; another
+    /// format is quantized from the current values). The bias stays as it is.
+    ///
+    /// # Errors
+    /// When the base trains, or as [`QuantizedWeight::quantize`].
+    pub fn quantize(mut self, format: Quantization) -> Result<Self, QuantizeError> {
+        if self.base_trainable {
+            return Err(QuantizeError::Trainable);
+        }
+        if self.quantization() == Some(format) {
+            return Ok(self);
+        }
+        let weight = QuantizedWeight::quantize(self.base_weight(), format)?;
+        self.unmerge();
+        let device = weight.device();
+        self.base.weight = self.base.weight.map(|_| Tensor::zeros([0, 0], &device));
+        self.quantized = Some(weight);
+        Ok(self)
+    }
+
+    /// The format `W0` is stored in, when quantized.
+    pub fn quantization(&self) -> Option<Quantization> {
+        self.quantized.as_ref().map(QuantizedWeight::format)
+    }
+
+    /// `W0` as a float matrix, detached: the stored weight, or the dequantized one.
+    pub fn base_weight(&self) -> Tensor<B, 2> {
+        match &self.quantized {
+            Some(quantized) => quantized.dequantize(),
+            None => self.base.weight.val().detach(),
+        }
+    }
+
+    /// Replaces `W0` with `weight` (`[d_input, d_output]`, stored as given, not quantized),
+    /// unmerging first.
+    pub fn set_base_weight(&mut self, weight: Tensor<B, 2>) {
+        self.unmerge();
+        self.quantized = None;
+        self.base.weight = self.base.weight.clone().map(|_| weight);
+    }
+
+    /// The device of the layer's weight.
+    pub fn device(&self) -> B::Device {
+        match &self.quantized {
+            Some(quantized) => quantized.device(),
+            None => self.base.weight.device(),
         }
     }
 
@@ -67,7 +133,11 @@ impl<B: Backend> AdaptedLinear<B> {
 
     /// Lets the base weight and bias train too (full fine-tuning), or freezes them again. A
     /// half-precision weight (crate::precision) that starts to train is widened to f32.
+    /// A quantized weight that starts to train is dequantized into an f32 parameter.
     pub fn unfreeze_base(mut self, trainable: bool) -> Self {
+        if trainable && let Some(quantized) = self.quantized.take() {
+            self.base.weight = self.base.weight.map(|_| quantized.dequantize());
+        }
         self.base_trainable = trainable;
         self.base.weight = set_trainable(self.base.weight, trainable);
         self.base.bias = self.base.bias.map(|bias| set_trainable(bias, trainable));
@@ -81,13 +151,19 @@ impl<B: Backend> AdaptedLinear<B> {
 
     /// `[d_input, d_output]` of the layer.
     pub fn dims(&self) -> [usize; 2] {
-        self.base.weight.dims()
+        match &self.quantized {
+            Some(quantized) => quantized.dims(),
+            None => self.base.weight.dims(),
+        }
     }
 
     /// The original weight `W0`, detached unless the base is trainable.
-    fn w0(&self) -> Tensor<B, 2> {
+    fn w0(&self) -> BaseWeight<'_, B> {
+        if let Some(quantized) = &self.quantized {
+            return BaseWeight::Quantized(quantized);
+        }
         let w0 = self.base.weight.val();
-        if self.base_trainable { w0 } else { w0.detach() }
+        BaseWeight::Dense(if self.base_trainable { w0 } else { w0.detach() })
     }
 
     fn bias(&self) -> Option<Tensor<B, 1>> {
@@ -130,11 +206,24 @@ impl<B: Backend> AdaptedLinear<B> {
         if let Some(merged) = &self.merged_weight {
             return linear_as_stored(x, merged.clone(), self.bias());
         }
-        // A half-precision `W0` (crate::precision) computes its products in half precision.
+        // A half-precision `W0` (crate::precision) computes its products in half precision; a
+        // quantized one (crate::quant) dequantizes inside each product.
         let w0 = self.w0();
-        let mut y = linear_as_stored(x.clone(), w0.clone(), self.bias());
+        let mut y = match &w0 {
+            BaseWeight::Dense(w0) => linear_as_stored(x.clone(), w0.clone(), self.bias()),
+            BaseWeight::Quantized(quantized) => {
+                let y = quantized.left_matmul(x.clone());
+                match self.bias() {
+                    Some(bias) => {
+                        let dtype = y.dtype();
+                        y + cast_to(bias, dtype).unsqueeze()
+                    }
+                    None => y,
+                }
+            }
+        };
         for adapter in &self.adapters {
-            y = y + adapter.forward(x.clone(), w0.clone());
+            y = y + adapter.forward_on(x.clone(), &w0);
         }
         y
     }
@@ -144,7 +233,7 @@ impl<B: Backend> AdaptedLinear<B> {
     /// # Shapes
     /// - output: `[d_input, d_output]`
     pub fn merged_weight(&self) -> Tensor<B, 2> {
-        merge_weight(self.w0(), &self.adapters)
+        merge_weight(self.w0().dense(), &self.adapters)
     }
 
     /// A plain `Linear` with the merged weight `W0 + ΣΔW` and the base bias; `self` keeps the

@@ -6,6 +6,7 @@ use burn::tensor::{Tensor, backend::Backend};
 use crate::config::{AdapterConfig, LoraConfig};
 use crate::lora::Lora;
 use crate::peanut::Peanut;
+use crate::quant::BaseWeight;
 
 /// One adapter on a linear layer. An enum rather than a trait object, because burn modules
 /// cannot be trait objects; models, trainers and checkpoints therefore never branch on the method.
@@ -37,8 +38,21 @@ impl<B: Backend> Adapter<B> {
     /// - w0: `[d_input, d_output]`
     /// - output: `[..., d_output]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>, w0: Tensor<B, 2>) -> Tensor<B, D> {
+        self.forward_on(x, &BaseWeight::Dense(w0))
+    }
+
+    /// [`Adapter::forward`] on a base weight that may be quantized (crate::quant).
+    ///
+    /// # Shapes
+    /// - x: `[..., d_input]`
+    /// - output: `[..., d_output]`
+    pub fn forward_on<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        w0: &BaseWeight<'_, B>,
+    ) -> Tensor<B, D> {
         match self {
-            Self::Peanut(adapter) => adapter.forward(x, w0),
+            Self::Peanut(adapter) => adapter.forward_on(x, w0),
             Self::Lora(adapter) => adapter.forward(x),
         }
     }

@@ -41,6 +41,7 @@ pub mod lora;
 pub mod params;
 pub mod peanut;
 pub mod precision;
+pub mod quant;
 
 pub use activation::Activation;
 pub use adapted::{AdaptedLinear, merge_weight};
@@ -50,4 +51,5 @@ pub use error::{FileError, PeanutError, Result};
 pub use lora::Lora;
 pub use params::count_trainable_params;
 pub use peanut::Peanut;
-pub use precision::{Precision, cast_frozen};
+pub use precision::{FrozenStorage, Precision, cast_frozen};
+pub use quant::{Quantization, QuantizedWeight};

@@ -6,7 +6,7 @@ use burn::tensor::{Tensor, backend::Backend, module::linear};
 use crate::activation::Activation;
 use crate::config::{OutputInit, PeanutConfig};
 use crate::init::{SeededRng, kaiming_uniform};
-use crate::precision::matmul_as_stored;
+use crate::quant::BaseWeight;
 
 /// A PEANuT adapter: a small network of the frozen weight `W0` that yields the update `ΔW`.
 ///
@@ -144,8 +144,17 @@ impl<B: Backend> Peanut<B> {
     /// - w0: `[d_input, d_output]`
     /// - output: `[d_input, rank]`
     pub fn hidden(&self, w0: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.hidden_on(&BaseWeight::Dense(w0))
+    }
+
+    /// [`Peanut::hidden`] of a base weight that may be quantized (crate::quant): `W0·A` is then
+    /// computed without a float copy of `W0` kept.
+    ///
+    /// # Shapes
+    /// - output: `[d_input, rank]`
+    pub fn hidden_on(&self, w0: &BaseWeight<'_, B>) -> Tensor<B, 2> {
         let sigma = |t| self.activation.forward(t);
-        let mut h = sigma(matmul_as_stored(w0, self.a.val()));
+        let mut h = sigma(w0.times(self.a.val()));
         let mut residuals = Vec::with_capacity(self.encoders.len());
         for encoder in &self.encoders {
             residuals.push(h.clone());
@@ -176,7 +185,20 @@ impl<B: Backend> Peanut<B> {
     /// - w0: `[d_input, d_output]`
     /// - output: `[..., d_output]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>, w0: Tensor<B, 2>) -> Tensor<B, D> {
-        let h = self.hidden(w0);
+        self.forward_on(x, &BaseWeight::Dense(w0))
+    }
+
+    /// [`Peanut::forward`] on a base weight that may be quantized (crate::quant).
+    ///
+    /// # Shapes
+    /// - x: `[..., d_input]`
+    /// - output: `[..., d_output]`
+    pub fn forward_on<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        w0: &BaseWeight<'_, B>,
+    ) -> Tensor<B, D> {
+        let h = self.hidden_on(w0);
         let xh = linear(x, h, None).mul_scalar(self.scaling);
         linear(xh, self.b.val(), None)
     }

@@ -82,6 +82,39 @@ impl Precision {
     }
 }
 
+/// How a model's frozen matrices are stored: a float [`Precision`] for all of them, and
+/// optionally a [`Quantization`](crate::Quantization) for the linear weights (the precision then
+/// applies to the rest: token embeddings, a tied output head).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash, Serialize, Deserialize)]
+pub struct FrozenStorage {
+    /// The float type of the frozen matrices that are not quantized.
+    pub precision: Precision,
+    /// The format the frozen linear weights are quantized in, if any (crate::quant).
+    pub quantization: Option<crate::Quantization>,
+}
+
+impl FrozenStorage {
+    /// `precision` for every frozen matrix, nothing quantized.
+    pub fn new(precision: Precision) -> Self {
+        Self {
+            precision,
+            quantization: None,
+        }
+    }
+
+    /// The same with the linear weights quantized in `quantization` (or not, for `None`).
+    pub fn with_quantization(mut self, quantization: Option<crate::Quantization>) -> Self {
+        self.quantization = quantization;
+        self
+    }
+}
+
+impl From<Precision> for FrozenStorage {
+    fn from(precision: Precision) -> Self {
+        Self::new(precision)
+    }
+}
+
 impl std::fmt::Display for Precision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())

@@ -166,6 +166,7 @@ fn initial_model<B: AutodiffBackend>() -> Vit<B> {
         image_size: Some(8),
         head_seed: 0,
         precision: Precision::F32,
+        quantization: None,
     };
     let (mut model, _) =
         Vit::<B>::from_pretrained(&fixtures().join("models/vit"), &options, &device).unwrap();

@@ -1047,3 +1047,138 @@ fn configs_eos(eos: u32) -> GenerationConfig {
         ..GenerationConfig::greedy(6)
     }
 }
+
+#[test]
+fn cli_train_lm_on_a_quantized_base_learns_and_its_export_applies_to_both_bases() {
+    use peanut::{FrozenStorage, Quantization};
+    let device = Default::default();
+    if train::check_quantization::<Selected>(&device, Some(Quantization::Nf4)).is_err() {
+        return; // wgpu: refused, see the error test below.
+    }
+    let root = temp_dir("lm-quantized");
+    let model_dir = write_model(&root.join("model"), 5);
+    let data_path = write_examples(&root.join("data/train.json"), &examples(8));
+    let out = root.join("run");
+    let train_args = |quantize: &'static str, out: &Path, resume: bool| {
+        let mut args = vec![
+            "train".to_string(),
+            "lm".into(),
+            "--data".into(),
+            path_str(&data_path).into(),
+            "--model".into(),
+            path_str(&model_dir).into(),
+            "--output-dir".into(),
+            path_str(out).into(),
+            "--rank".into(),
+            "2".into(),
+            "--epochs".into(),
+            "4".into(),
+            "--batch-size".into(),
+            "4".into(),
+            "--grad-accumulation".into(),
+            "1".into(),
+            "--lr".into(),
+            "1e-2".into(),
+            "--warmup-steps".into(),
+            "0".into(),
+            "--val-size".into(),
+            "0".into(),
+            "--cutoff-len".into(),
+            "64".into(),
+            "--quantize".into(),
+            quantize.into(),
+        ];
+        if resume {
+            args.push("--resume".into());
+        }
+        args
+    };
+    let parse_owned = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        parse(&args)
+    };
+    cli::run(parse_owned(train_args("nf4", &out, false))).unwrap();
+    let run: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["config"]["quantize"], "nf4", "{run}");
+
+    let nf4 = FrozenStorage::default().with_quantization(Some(Quantization::Nf4));
+    let quantized = || Llama::<Selected>::from_pretrained_in(&model_dir, &device, nf4).unwrap();
+    let mut linears = 0;
+    for (_, layer) in quantized().linears() {
+        assert_eq!(layer.quantization(), Some(Quantization::Nf4));
+        linears += 1;
+    }
+    assert_eq!(
+        linears,
+        2 * 7 + 1,
+        "every linear of both blocks and the head"
+    );
+    let data = lm::load_instructions(
+        &data_path,
+        &tokenizer(&model_dir),
+        Some(EOS),
+        &tiny_lm_config(1),
+    )
+    .unwrap();
+    let before = loss_of(&quantized(), &data.train);
+    let mut trained = quantized();
+    trained.load_adapters(&out.join("export/peft")).unwrap();
+    let after = loss_of(&trained, &data.train);
+    // The same recipe on the float base: the quantized run learns about as much.
+    let float_out = root.join("float-run");
+    let mut float_args = train_args("nf4", &float_out, false);
+    float_args.truncate(float_args.len() - 2);
+    cli::run(parse_owned(float_args)).unwrap();
+    let mut float_trained = load(&model_dir);
+    let float_start = loss_of(&float_trained, &data.train);
+    float_trained
+        .load_adapters(&float_out.join("export/peft"))
+        .unwrap();
+    let float_after = loss_of(&float_trained, &data.train);
+    assert!(
+        before - after > 0.7 * (float_start - float_after) && before - after > 0.05,
+        "nf4 base: {before} → {after}; float base: {float_start} → {float_after}"
+    );
+    // On the float base the adapter still helps (it learned around nf4's rounding).
+    let mut float = load(&model_dir);
+    let float_before = loss_of(&float, &data.train);
+    float.load_adapters(&out.join("export/peft")).unwrap();
+    let float_after = loss_of(&float, &data.train);
+    assert!(float_after < float_before, "{float_before} → {float_after}");
+
+    // Another --quantize cannot resume the run; it names the setting.
+    let err = cli::run(parse_owned(train_args("int8", &out, true)))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("quantize"), "{err}");
+}
+
+#[test]
+fn quantize_errors_name_the_option_or_the_weight() {
+    use peanut::Quantization;
+    // Full fine-tuning trains the base, which quantized storage cannot hold.
+    let config = LmTrainConfig {
+        method: Method::Full,
+        quantize: Some(Quantization::Int8),
+        ..tiny_lm_config(1)
+    };
+    match config.check() {
+        Err(TrainError::InvalidOption { option, reason }) => {
+            assert_eq!(option, "--quantize");
+            assert!(reason.contains("full"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let device = Default::default();
+    // A bad name is refused by the parser, listing the formats.
+    let err = Cli::try_parse_from(["peanut", "train", "lm", "--quantize", "fp4"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("int8 or nf4"), "{err}");
+    // A backend that cannot store 8-bit integers refuses before loading anything.
+    match train::check_quantization::<Selected>(&device, Some(Quantization::Nf4)) {
+        Ok(()) => assert!(Quantization::is_supported::<Selected>(&device)),
+        Err(err) => assert!(err.to_string().contains("--quantize"), "{err}"),
+    }
+}

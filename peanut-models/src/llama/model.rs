@@ -6,9 +6,9 @@ use burn::module::Module;
 use burn::nn::Embedding;
 use burn::tensor::{Int, Tensor, backend::Backend};
 use peanut::AdaptedLinear;
-use peanut::Precision;
 use peanut::io::PeftPaths;
 use peanut::precision::{cast_to, linear_as_stored, set_trainable};
+use peanut::{FrozenStorage, Precision};
 
 use super::attention::attention_mask;
 use super::cache::KvCache;
@@ -60,18 +60,19 @@ impl LlamaConfig {
         self.init_in(seed, device, Precision::F32)
     }
 
-    /// [`LlamaConfig::init`] with the linear weights and the embedding stored in `precision`,
-    /// each cast as it is drawn (see [`Llama::from_pretrained_in`]).
+    /// [`LlamaConfig::init`] with the frozen matrices stored as `storage` says (a
+    /// [`Precision`] or a [`FrozenStorage`]), each cast or quantized as it is drawn (see
+    /// [`Llama::from_pretrained_in`]).
     pub fn init_in<B: Backend>(
         &self,
         seed: u64,
         device: &B::Device,
-        precision: Precision,
+        storage: impl Into<FrozenStorage>,
     ) -> Result<Llama<B>> {
         self.validate()?;
         Llama::build(
             self.clone(),
-            &mut Source::random(seed, device).with_precision(precision),
+            &mut Source::random(seed, device).with_storage(storage),
         )
     }
 }
@@ -116,17 +117,23 @@ impl<B: Backend> Llama<B> {
     }
 
     /// [`Llama::from_pretrained`] with the linear weights and the token embedding stored in
-    /// `precision` as they are read (one tensor at a time in f32, so a half-precision model never
-    /// holds its f32 copy; see `peanut::precision`). The backend must support the type
-    /// ([`Precision::is_supported`]).
+    /// `storage`'s precision as they are read (one tensor at a time in f32, so a half-precision
+    /// model never holds its f32 copy; see `peanut::precision`); when `storage` quantizes, the
+    /// linear weights (not the embedding) are quantized as they are read (`peanut::quant`).
+    /// The backend must support the types ([`Precision::is_supported`],
+    /// `peanut::Quantization::is_supported`).
+    ///
+    /// # Errors
+    /// As [`Llama::from_pretrained`]; also a weight that cannot be quantized
+    /// ([`crate::ModelError::Quantize`]).
     pub fn from_pretrained_in(
         dir: &Path,
         device: &B::Device,
-        precision: Precision,
+        storage: impl Into<FrozenStorage>,
     ) -> Result<Self> {
         let config = LlamaConfig::from_hf_file(&dir.join(CONFIG_FILE))?;
         let checkpoint = Checkpoint::open(dir)?;
-        let mut source = Source::checkpoint(&checkpoint, device).with_precision(precision);
+        let mut source = Source::checkpoint(&checkpoint, device).with_storage(storage);
         Self::build(config, &mut source)
     }
 

@@ -5,8 +5,8 @@ use std::path::Path;
 use burn::module::Module;
 use burn::tensor::{Tensor, backend::Backend};
 use peanut::AdaptedLinear;
-use peanut::Precision;
 use peanut::io::PeftPaths;
+use peanut::{FrozenStorage, Precision, Quantization};
 
 use super::config::VitConfig;
 use super::embeddings::VitEmbeddings;
@@ -73,6 +73,9 @@ pub struct VitLoadOptions {
     /// (`peanut::precision`). The classifier head is read in f32 (a run trains it); cast it
     /// with `peanut::cast_frozen` where it stays frozen.
     pub precision: Precision,
+    /// The format the backbone's linear weights are quantized in as they are read, if any
+    /// (`peanut::quant`); the head never is.
+    pub quantization: Option<Quantization>,
 }
 
 /// What [`Vit::from_pretrained`] did beyond reading tensors.
@@ -112,21 +115,23 @@ impl VitConfig {
         self.init_in(seed, device, Precision::F32)
     }
 
-    /// [`VitConfig::init`] with the linear weights stored in `precision`, each cast as it is
-    /// drawn (see `peanut::precision`).
+    /// [`VitConfig::init`] with the backbone's linear weights stored as `storage` says (a
+    /// [`Precision`] or a [`FrozenStorage`]: cast or quantized as each is drawn, see
+    /// `peanut::precision` and `peanut::quant`); the head in `storage`'s precision.
     pub fn init_in<B: Backend>(
         &self,
         seed: u64,
         device: &B::Device,
-        precision: Precision,
+        storage: impl Into<FrozenStorage>,
     ) -> Result<Vit<B>> {
         self.validate()?;
-        let mut source = Source::random(seed, device).with_precision(precision);
+        let storage = storage.into();
+        let mut source = Source::random(seed, device).with_storage(storage);
         Ok(Vit::build(
             self.clone(),
             "",
             &mut source,
-            &mut Source::random(seed ^ 1, device).with_precision(precision),
+            &mut Source::random(seed ^ 1, device).with_precision(storage.precision),
         )?
         .0)
     }
@@ -217,7 +222,8 @@ impl<B: Backend> Vit<B> {
                 ),
             });
         }
-        let mut source = Source::checkpoint(&checkpoint, device).with_precision(options.precision);
+        let storage = FrozenStorage::new(options.precision).with_quantization(options.quantization);
+        let mut source = Source::checkpoint(&checkpoint, device).with_storage(storage);
         // The head is read (or drawn) in f32 whatever `precision` says: it is the one matrix
         // a run trains besides the adapters, and casting it down to widen it back when it
         // starts to train would lose its low mantissa bits. `peanut::cast_frozen` casts it

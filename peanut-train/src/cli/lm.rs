@@ -148,6 +148,7 @@ impl TrainLmArgs {
             train_on_inputs: self.train_on_inputs,
             val_size: self.val_size,
             precision: self.execution.precision,
+            quantize: self.execution.quantize,
         }
     }
 }

@@ -63,6 +63,12 @@ pub fn non_negative_f64(text: &str) -> Result<f64, String> {
     }
 }
 
+/// A `--quantize` value: `int8` or `nf4`.
+pub fn quantization(text: &str) -> Result<peanut::Quantization, String> {
+    peanut::Quantization::from_name(text.trim())
+        .ok_or_else(|| format!("`{text}` is not a quantization: use int8 or nf4"))
+}
+
 /// A `--precision` value: `f32`, `f16` or `bf16` (or transformers' `float32`, `float16`,
 /// `bfloat16`).
 pub fn precision(text: &str) -> Result<peanut::Precision, String> {

@@ -356,7 +356,7 @@ impl Inference {
             num_labels,
             processor.output_side(),
             0,
-            Default::default(),
+            peanut::Precision::F32,
         )?
         .valid();
         let mut labels = None;
@@ -823,7 +823,7 @@ impl InfoJob {
                     self.num_labels,
                     processor.output_side(),
                     0,
-                    Default::default(),
+                    peanut::Precision::F32,
                 )?;
                 let total = model.num_params();
                 let config = ImageTrainConfig {

@@ -43,9 +43,14 @@ pub(crate) fn load_vit<
     num_labels: Option<usize>,
     image_size: Option<u32>,
     seed: u64,
-    precision: peanut::Precision,
+    storage: impl Into<peanut::FrozenStorage>,
 ) -> Result<Vit<B>> {
-    train::check_precision::<B>(&backend::device(), precision)?;
+    let storage = storage.into();
+    train::check_precision::<B>(&backend::device(), storage.precision)?;
+    train::check_quantization::<B>(&backend::device(), storage.quantization)?;
+    if storage.quantization.is_some() {
+        backend::register_quantized();
+    }
     let dir = &hub::resolve_model(model, &HubOptions::from_env())?;
     if !dir.is_dir() {
         return Err(TrainError::io(
@@ -62,7 +67,8 @@ pub(crate) fn load_vit<
         num_labels,
         image_size: image_size.map(|s| s as usize),
         head_seed: seed,
-        precision,
+        precision: storage.precision,
+        quantization: storage.quantization,
     };
     let (model, report) = Vit::from_pretrained(dir, &options, &backend::device())?;
     for note in report.notes() {

@@ -69,6 +69,10 @@ pub struct ImageTrainConfig {
     /// [`peanut::precision`]).
     #[serde(default)]
     pub precision: Precision,
+    /// The format the frozen linear weights are quantized in (`--quantize`; see
+    /// [`peanut::quant`]), or `None` for float storage in `precision`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantize: Option<peanut::Quantization>,
 }
 
 impl Default for ImageTrainConfig {
@@ -95,6 +99,7 @@ impl Default for ImageTrainConfig {
             augment: true,
             normalization: Normalization::VIT,
             precision: Precision::F32,
+            quantize: None,
         }
     }
 }
@@ -134,6 +139,7 @@ impl ImageTrainConfig {
         if self.image_size == 0 {
             return bad("--image-size", "must be at least 1".into());
         }
+        run::check_quantize(self.method, self.quantize)?;
         let adapter = self.adapter.config(self.method)?;
         Ok(Checked::new(self, adapter))
     }

@@ -74,6 +74,10 @@ pub struct LmTrainConfig {
     /// [`peanut::precision`]).
     #[serde(default)]
     pub precision: Precision,
+    /// The format the frozen linear weights are quantized in (`--quantize`; see
+    /// [`peanut::quant`]), or `None` for float storage in `precision`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantize: Option<peanut::Quantization>,
 }
 
 impl Default for LmTrainConfig {
@@ -105,6 +109,7 @@ impl Default for LmTrainConfig {
             train_on_inputs: false,
             val_size: 120,
             precision: Precision::F32,
+            quantize: None,
         }
     }
 }
@@ -147,6 +152,7 @@ impl LmTrainConfig {
         if self.clip_grad_norm.is_some_and(|c| c.is_nan() || c <= 0.0) {
             return bad("--clip-grad-norm", "must be positive".into());
         }
+        run::check_quantize(self.method, self.quantize)?;
         let adapter = self.adapter.config(self.method)?;
         Ok(Checked::new(self, adapter))
     }

@@ -35,6 +35,10 @@ const LINEARS: usize = 4;
 /// Relative tolerance of the base comparison (f16 / bf16 rounding is below 0.4 %).
 const TOLERANCE: f32 = 1e-2;
 
+/// The comparison's tolerance where either side is quantized (`--quantize`): the summed
+/// difference of a linear's samples against their summed magnitude.
+const QUANTIZED_TOLERANCE: f32 = 0.5;
+
 /// What `export.json` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExportManifest {
@@ -45,6 +49,10 @@ pub struct ExportManifest {
     /// The image side the adapter was trained at (image classification only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_size: Option<u32>,
+    /// The format the base's linear weights were quantized in while training (`--quantize`),
+    /// if they were; the samples are then the dequantized values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_quantization: Option<peanut::Quantization>,
 }
 
 /// The linears sampled: those carrying adapters, or (for a head-only run) every linear inside
@@ -76,7 +84,7 @@ fn sampled<B: Backend>(
 
 /// [`SAMPLES`] values of `layer`'s base weight at evenly spaced flat positions, as f32.
 fn sample_weight<B: Backend>(layer: &AdaptedLinear<B>) -> Vec<f32> {
-    let weight = layer.base.weight.val();
+    let weight = layer.base_weight();
     let count = weight.shape().num_elements();
     let flat: Tensor<B, 1> = weight.reshape([count]);
     let picks = (0..SAMPLES.min(count))
@@ -100,7 +108,9 @@ impl ExportManifest {
         base_model: &str,
         image_size: Option<u32>,
     ) -> Self {
-        let base_sample = sampled(model.linears())
+        let sampled = sampled(model.linears());
+        let base_quantization = sampled.iter().find_map(|(_, layer)| layer.quantization());
+        let base_sample = sampled
             .into_iter()
             .map(|(path, layer)| (path, sample_weight(layer)))
             .collect();
@@ -108,6 +118,7 @@ impl ExportManifest {
             base_model: base_model.to_string(),
             base_sample,
             image_size,
+            base_quantization,
         }
     }
 
@@ -171,11 +182,21 @@ impl ExportManifest {
                 return refuse(format!("it has no linear `{path}`"));
             };
             let found = sample_weight(*layer);
+            let quantized = self.base_quantization.is_some() || layer.quantization().is_some();
             let same = found.len() == expected.len()
-                && found
-                    .iter()
-                    .zip(expected)
-                    .all(|(a, b)| (a - b).abs() <= TOLERANCE * a.abs().max(b.abs()) + 1e-6);
+                && if quantized {
+                    // Quantized values move by up to a few tenths of their block's largest
+                    // magnitude, so compare on the whole sample: the same base differs by far
+                    // less than half its mean magnitude, another base by more than all of it.
+                    let diff: f32 = found.iter().zip(expected).map(|(a, b)| (a - b).abs()).sum();
+                    let size: f32 = expected.iter().map(|b| b.abs()).sum();
+                    diff <= QUANTIZED_TOLERANCE * size + 1e-6
+                } else {
+                    found
+                        .iter()
+                        .zip(expected)
+                        .all(|(a, b)| (a - b).abs() <= TOLERANCE * a.abs().max(b.abs()) + 1e-6)
+                };
             if !same {
                 return refuse(format!("the weights of `{path}` differ"));
             }

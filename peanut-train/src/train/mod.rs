@@ -49,8 +49,9 @@ pub use manifest::ExportManifest;
 pub use metrics::{ThroughputMetric, TokenAccuracyMetric};
 pub use parallel::{DeviceKind, DeviceSpec};
 pub use run::{
-    AdapterOptions, Method, RunLock, RunOptions, attach_adapters, check_precision, check_run_dir,
-    export_adapters, export_atomically, last_checkpoint,
+    AdapterOptions, Method, RunLock, RunOptions, attach_adapters, check_precision,
+    check_quantization, check_quantize, check_run_dir, export_adapters, export_atomically,
+    last_checkpoint,
 };
 pub use step::{
     GroupLearningRate, LearningRates, Objective, StepSettings, TrainableRecord, Trainee,

@@ -589,6 +589,45 @@ pub(crate) fn check_execution<B: Backend>(
     Ok((device, per_device))
 }
 
+/// An error naming `--quantize` when `method` trains the base weights, which quantized storage
+/// cannot hold (adapters, head-only and LoRA runs keep the base frozen).
+pub fn check_quantize(method: Method, quantize: Option<peanut::Quantization>) -> Result<()> {
+    match quantize {
+        Some(format) if method == Method::Full => Err(TrainError::InvalidOption {
+            option: "--quantize",
+            reason: format!(
+                "`--method full` trains the base weights, and {format} storage is for a frozen \
+                 base; use peanut or lora with --quantize, or full without it"
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// An error naming `--quantize` unless backend `B` can store quantized weights on `device`.
+/// Quantized training also needs the backend's autodiff registered with
+/// [`peanut::quant::register_autodiff`]; [`crate::backend::register_quantized`] does that for
+/// this build's training backends.
+pub fn check_quantization<B: Backend>(
+    device: &B::Device,
+    quantize: Option<peanut::Quantization>,
+) -> Result<()> {
+    match quantize {
+        Some(format) if !peanut::Quantization::is_supported::<B>(device) => {
+            Err(TrainError::InvalidOption {
+                option: "--quantize",
+                reason: format!(
+                    "the {} backend cannot store {format} weights on {device:?} (they are 8-bit \
+                     integer tensors, which wgpu's shaders lack); use the CPU build or CUDA, or \
+                     drop --quantize",
+                    crate::backend::NAME
+                ),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// An error naming `--precision` unless backend `B` computes in `precision` on `device`.
 pub fn check_precision<B: Backend>(device: &B::Device, precision: Precision) -> Result<()> {
     if precision.is_supported::<B>(device) {

@@ -119,7 +119,7 @@ impl SavedModule {
                 .into_vec::<f32>()
                 .expect("float tensor converts to f32"),
         };
-        let weight = layer.base.weight.val().transpose();
+        let weight = layer.base_weight().transpose();
         let weight = read(weight.dims().to_vec(), weight.into_data());
         let bias = layer.base.bias.as_ref().map(|bias| {
             let bias = bias.val();
@@ -199,14 +199,14 @@ pub fn attach_saved<'a, B: Backend>(
     }
     for (path, module) in saved {
         let layer = layers.get_mut(path).expect("checked above");
-        let device = layer.base.weight.device();
+        let device = layer.device();
         let was_merged = layer.is_merged();
         layer.unmerge();
         for (param, tensor) in &module.params {
             let data = TensorData::new(tensor.values.clone(), tensor.shape.clone());
             if param == "weight" {
                 let weight = Tensor::<B, 2>::from_data(data, &device).transpose();
-                layer.base.weight = layer.base.weight.clone().map(|_| weight);
+                layer.set_base_weight(weight);
             } else if let Some(bias) = layer.base.bias.take() {
                 let values = Tensor::<B, 1>::from_data(data, &device);
                 layer.base.bias = Some(bias.map(|_| values));
