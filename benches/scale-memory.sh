@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Peak memory of one ViT-B/16 training step (224 px, PEANuT r = 7 on query and value, AdamW)
-# with and without gradient checkpointing, with the frozen weights in f32 and in bf16 (and, with
-# LM=1, of a LLaMA step at Llama-3.2-1B's shape, PEANuT r = 8 on q, k, v, up, down):
+# with and without gradient checkpointing, with the frozen weights in f32 and in bf16, and with
+# the frozen linear weights quantized as `--quantize int8` / `nf4` does ("nf4 bf16": the other
+# frozen matrices, such as a LLaMA's embedding, in bf16) (and, with LM=1, of a LLaMA step at
+# Llama-3.2-1B's shape, PEANuT r = 8 on q, k, v, up, down):
 #
 #     bash benches/scale-memory.sh                          # batch 8 on the default backend
 #     PEANUT_SPEED_BATCH=32 bash benches/scale-memory.sh    # another batch
@@ -27,17 +29,24 @@ workloads="vit-train"
 
 printf '| step | setting | throughput | peak RSS MiB | last loss |\n|---|---|---|---|---|\n'
 for workload in $workloads; do
-    for setting in "f32" "f32 checkpointing" "bf16" "bf16 checkpointing"; do
-        precision="${setting%% *}"
+    for setting in "f32" "f32 checkpointing" "bf16" "bf16 checkpointing" "int8" "nf4" \
+        "nf4 bf16"; do
+        precision=f32
+        quantize=""
+        case "$setting" in
+            int8*) quantize=int8 ;;
+            nf4*) quantize=nf4 ;;
+        esac
+        [[ "$setting" == bf16* || "$setting" == *" bf16" ]] && precision=bf16
         checkpointing=0
         [[ "$setting" == *checkpointing ]] && checkpointing=1
         line="$(PEANUT_SPEED_PRECISION="$precision" PEANUT_SPEED_CHECKPOINTING="$checkpointing" \
-            "$bin" "$workload" 1 | tail -n 1)"
+            PEANUT_SPEED_QUANTIZE="$quantize" "$bin" "$workload" 1 | tail -n 1)"
         echo "$line" >&2
         python3 - "$setting" "$line" <<'PY'
 import json, sys
 row = json.loads(sys.argv[2])
-step = "ViT-B/16, batch %d" % row["batch"] if row["workload"] == "vit-train" else "LLaMA 1B, 4 × 128"
+step = "ViT-B/16, batch %d" % row["batch"] if row["workload"] == "vit-train" else "LLaMA 1B, 4 × 512"
 loss = f"{row['last_loss']:.6f}" if "last_loss" in row else ""
 print(f"| {step} | {sys.argv[1]} | {row['throughput']:.3f} {row['unit']} | {row['peak_rss_mib']:.0f} | {loss} |")
 PY

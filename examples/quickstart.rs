@@ -60,6 +60,7 @@ fn base_config(method: Method) -> ImageTrainConfig {
         augment: false,
         normalization: NORMALIZATION,
         precision: Precision::F32,
+        quantize: None,
     }
 }
 

@@ -19,7 +19,8 @@
 //! The training workloads also take the scale options of `peanut train`:
 //! `PEANUT_SPEED_CHECKPOINTING=1` (gradient checkpointing), `PEANUT_SPEED_PRECISION=bf16` (or
 //! `f16`: the frozen weights' precision; the inference workloads take it too, for the merged
-//! weights) and `PEANUT_SPEED_BATCH=8` (another ViT batch);
+//! weights), `PEANUT_SPEED_QUANTIZE=nf4` (or `int8`: the frozen linear weights quantized, as
+//! `--quantize`) and `PEANUT_SPEED_BATCH=8` (another ViT batch);
 //! `benches/scale-memory.sh` uses them to measure what checkpointing saves.
 //!
 //! The training workloads run as `peanut train` does by default (`--devices auto`): on a CPU
@@ -149,6 +150,20 @@ fn precision() -> Precision {
         .unwrap_or_default()
 }
 
+/// `PEANUT_SPEED_QUANTIZE`: the format the frozen linear weights are quantized in (`int8`,
+/// `nf4`; default none), for the training workloads.
+fn quantize() -> Option<peanut::Quantization> {
+    std::env::var("PEANUT_SPEED_QUANTIZE")
+        .ok()
+        .and_then(|name| peanut::Quantization::from_name(&name))
+}
+
+/// The frozen storage of the training workloads: [`precision`] and [`quantize`].
+fn storage() -> peanut::FrozenStorage {
+    backend::register_quantized();
+    peanut::FrozenStorage::new(precision()).with_quantization(quantize())
+}
+
 /// `PEANUT_SPEED_BATCH`: the ViT training batch (default [`VIT_BATCH`]).
 fn vit_batch() -> usize {
     std::env::var("PEANUT_SPEED_BATCH")
@@ -259,7 +274,7 @@ fn vit_train_on<B: AutodiffBackend<Device = burn::tensor::Device<Selected>>>(ste
     // Built in the frozen weights' precision (each matrix cast as it is drawn), as
     // `peanut train --precision` loads a checkpoint.
     let mut model: Vit<B> = vit_config()
-        .init_in(0, &device, precision())
+        .init_in(0, &device, storage())
         .expect("valid config");
     model
         .add_adapters(&Targets::vit_qv(), &peanut_adapter(7), 1)
@@ -361,9 +376,7 @@ fn lm_train_on<B: AutodiffBackend<Device = burn::tensor::Device<Selected>>>(step
     let device = backend::device();
     let config = lm_config();
     let vocab = config.vocab_size;
-    let mut model: Llama<B> = config
-        .init_in(0, &device, precision())
-        .expect("valid config");
+    let mut model: Llama<B> = config.init_in(0, &device, storage()).expect("valid config");
     model
         .add_adapters(&Targets::llama_qkv_up_down(), &peanut_adapter(8), 1)
         .expect("q, k, v, up, down exist");

@@ -179,7 +179,9 @@ pub fn set_trainable<B: Backend, const D: usize>(
     param.set_require_grad(trainable)
 }
 
-/// Bytes of the float parameters of `module` as stored (each in its own precision).
+/// Bytes of the float parameters of `module` as stored (each in its own precision). Quantized
+/// weights (crate::quant) are module constants, not parameters, so they are not counted here;
+/// [`crate::QuantizedWeight::stored_bytes`] gives theirs.
 pub fn stored_bytes<B: Backend, M: Module<B>>(module: &M) -> usize {
     struct Bytes(usize);
     impl<B: Backend> burn::module::ModuleVisitor<B> for Bytes {
