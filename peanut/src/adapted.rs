@@ -32,6 +32,10 @@ pub struct AdaptedLinear<B: Backend> {
     pub adapters: Vec<Adapter<B>>,
     /// `W0 + ΣΔW`, cached while the layer is merged for inference (not saved in records).
     merged_weight: Option<Tensor<B, 2>>,
+    /// Each adapter's `(P, Q)` with `ΔW = P·Q` ([`Adapter::factors`]), cached instead of
+    /// `merged_weight` while a layer with a quantized base is merged: a float `W0 + ΣΔW` would
+    /// undo the quantization's saving, and re-quantizing it would round most of `ΔW` away.
+    merged_factors: Vec<(Tensor<B, 2>, Tensor<B, 2>)>,
     /// Whether the base takes gradients (full fine-tuning).
     #[module(skip)]
     base_trainable: bool,
@@ -45,6 +49,7 @@ impl<B: Backend> AdaptedLinear<B> {
             quantized: None,
             adapters: Vec::new(),
             merged_weight: None,
+            merged_factors: Vec::new(),
             base_trainable: false,
         }
     }
@@ -206,26 +211,36 @@ impl<B: Backend> AdaptedLinear<B> {
         if let Some(merged) = &self.merged_weight {
             return linear_as_stored(x, merged.clone(), self.bias());
         }
+        if let (Some(quantized), false) = (&self.quantized, self.merged_factors.is_empty()) {
+            let mut y = self.quantized_product(quantized, x.clone());
+            for (p, q) in &self.merged_factors {
+                y = y + x.clone().matmul(p.clone()).matmul(q.clone());
+            }
+            return y;
+        }
         // A half-precision `W0` (crate::precision) computes its products in half precision; a
         // quantized one (crate::quant) dequantizes inside each product.
         let w0 = self.w0();
         let mut y = match &w0 {
             BaseWeight::Dense(w0) => linear_as_stored(x.clone(), w0.clone(), self.bias()),
-            BaseWeight::Quantized(quantized) => {
-                let y = quantized.left_matmul(x.clone());
-                match self.bias() {
-                    Some(bias) => {
-                        let dtype = y.dtype();
-                        y + cast_to(bias, dtype).unsqueeze()
-                    }
-                    None => y,
-                }
-            }
+            BaseWeight::Quantized(quantized) => self.quantized_product(quantized, x.clone()),
         };
         for adapter in &self.adapters {
             y = y + adapter.forward_on(x.clone(), &w0);
         }
         y
+    }
+
+    /// `x·W0 + b` with a quantized `W0`.
+    fn quantized_product(&self, quantized: &QuantizedWeight<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let y = quantized.left_matmul(x);
+        match self.bias() {
+            Some(bias) => {
+                let dtype = y.dtype();
+                y + cast_to(bias, dtype).unsqueeze()
+            }
+            None => y,
+        }
     }
 
     /// `W0 + ΣᵢΔWᵢ(W0)`: every update from the original weight (docs/METHOD.md §6).
@@ -255,9 +270,25 @@ impl<B: Backend> AdaptedLinear<B> {
     }
 
     /// Caches the merged weight so [`forward`](AdaptedLinear::forward) costs one plain matmul.
-    /// A no-op when there are no adapters or the layer is already merged.
+    /// On a quantized base it caches each adapter's low-rank factors instead (the base stays
+    /// quantized; the forward is the quantized product plus `(x·P)·Q` per adapter, with PEANuT's
+    /// `H` computed once here). A no-op when there are no adapters or the layer is already
+    /// merged.
     pub fn merge_in_place(&mut self) {
-        if self.merged_weight.is_none() && !self.adapters.is_empty() {
+        if self.is_merged() || self.adapters.is_empty() {
+            return;
+        }
+        if let Some(quantized) = &self.quantized {
+            let w0 = BaseWeight::Quantized(quantized);
+            self.merged_factors = self
+                .adapters
+                .iter()
+                .map(|adapter| {
+                    let (p, q) = adapter.factors(&w0);
+                    (p.detach(), q.detach())
+                })
+                .collect();
+        } else {
             self.merged_weight = Some(self.merged_weight().detach());
         }
     }
@@ -265,11 +296,12 @@ impl<B: Backend> AdaptedLinear<B> {
     /// Drops the merged weight; the original `W0` was never touched, so this is exact.
     pub fn unmerge(&mut self) {
         self.merged_weight = None;
+        self.merged_factors.clear();
     }
 
     /// Whether [`merge_in_place`](AdaptedLinear::merge_in_place) is in effect.
     pub fn is_merged(&self) -> bool {
-        self.merged_weight.is_some()
+        self.merged_weight.is_some() || !self.merged_factors.is_empty()
     }
 
     /// Number of adapter parameters on this layer (what trains when the base is frozen).

@@ -57,6 +57,22 @@ impl<B: Backend> Adapter<B> {
         }
     }
 
+    /// `(P, Q)` with `ΔW = P·Q`, the scaling folded into `P`: for PEANuT `(s·H, B)`, for LoRA
+    /// `(s·A, B)`. What a merged layer on a quantized base keeps instead of `W0 + ΔW`
+    /// ([`crate::AdaptedLinear::merge_in_place`]).
+    ///
+    /// # Shapes
+    /// - output: `([d_input, rank], [rank, d_output])`
+    pub fn factors(&self, w0: &BaseWeight<'_, B>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        match self {
+            Self::Peanut(adapter) => (
+                adapter.hidden_on(w0).mul_scalar(adapter.scaling),
+                adapter.b.val(),
+            ),
+            Self::Lora(adapter) => (adapter.a.val().mul_scalar(adapter.scaling), adapter.b.val()),
+        }
+    }
+
     /// The rank of the adapter.
     pub fn rank(&self) -> usize {
         match self {

@@ -226,6 +226,47 @@ fn inference_on_a_quantized_layer_equals_the_dequantized_layer() {
 }
 
 #[test]
+fn merging_on_a_quantized_base_keeps_it_quantized_and_computes_the_same() {
+    let x = tensor::<Cpu, 2>(weight_values(4 * 32, 9), [4, 32]);
+    for format in Quantization::ALL {
+        let (_, mut layer) = layers::<Cpu>([32, 48], format);
+        // A LoRA adapter beside the PEANuT one: both merge as factors.
+        let lora = AdapterConfig::from(peanut::LoraConfig::new(2).with_alpha(4.0))
+            .init(32, 48, 3, &Default::default())
+            .unwrap();
+        let lora = match lora {
+            peanut::Adapter::Lora(mut lora) => {
+                lora.b = Param::from_tensor(tensor(weight_values(2 * 48, 4), [2, 48]));
+                peanut::Adapter::Lora(lora)
+            }
+            other => other,
+        };
+        layer.push_adapter(lora);
+        let unmerged = values(layer.forward(x.clone()));
+        layer.merge_in_place();
+        assert!(layer.is_merged());
+        assert_eq!(
+            layer.quantization(),
+            Some(format),
+            "merging keeps the base quantized"
+        );
+        let merged = values(layer.forward(x.clone()));
+        assert_close(std::slice::from_ref(&unmerged), &[merged], format.name());
+        // And the float weight it would have merged into gives the same outputs.
+        let dense = x.clone().matmul(layer.merged_weight())
+            + layer.base.bias.as_ref().unwrap().val().unsqueeze();
+        assert_close(
+            std::slice::from_ref(&unmerged),
+            &[values(dense)],
+            "merged weight",
+        );
+        layer.unmerge();
+        assert!(!layer.is_merged());
+        assert_close(&[unmerged], &[values(layer.forward(x.clone()))], "unmerged");
+    }
+}
+
+#[test]
 fn quantizing_a_layer_keeps_its_bias_and_adapters_and_training_it_dequantizes() {
     let (dense, _) = layers::<Cpu>([32, 48], Quantization::Int8);
     let before = values(dense.base_weight());

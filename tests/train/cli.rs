@@ -136,6 +136,29 @@ fn train_eval_predict_merge_and_convert_from_the_command_line() {
         (report.top1, report.top5, report.loss, report.count)
     );
     cli::run(parse(&eval)).unwrap();
+    // On an int8 base (every backbone linear quantized as it is read) the export evaluates
+    // with a loss near the float base's: int8 moves each weight by at most 1/254 of its block's
+    // largest.
+    if train::check_quantization::<peanut_train::backend::Selected>(
+        &Default::default(),
+        Some(peanut::Quantization::Int8),
+    )
+    .is_ok()
+    {
+        let quantized = peanut_train::jobs::EvalImageJob {
+            quantize: Some(peanut::Quantization::Int8),
+            ..job.clone()
+        }
+        .run()
+        .unwrap();
+        assert_eq!(quantized.count, report.count);
+        assert!(
+            (quantized.loss - report.loss).abs() <= 0.05 * report.loss.abs().max(1e-3),
+            "int8 {} vs f32 {}",
+            quantized.loss,
+            report.loss
+        );
+    }
 
     // predict image: top-2 labels by name, sorted, and all 3 logits, per image.
     let images = [

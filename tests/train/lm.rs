@@ -1140,6 +1140,34 @@ fn cli_train_lm_on_a_quantized_base_learns_and_its_export_applies_to_both_bases(
         before - after > 0.7 * (float_start - float_after) && before - after > 0.05,
         "nf4 base: {before} → {after}; float base: {float_start} → {float_after}"
     );
+    // Merged for inference, the quantized base keeps its codes and computes the same logits;
+    // `generate --quantize` runs on it.
+    let unmerged = logits(&trained);
+    trained.merge_adapters();
+    common::assert_close("merged on nf4", &logits(&trained), &unmerged, 1e-4);
+    let generated = peanut_train::jobs::GenerateJob {
+        adapter: Some(out.join("export")),
+        quantize: Some(Quantization::Nf4),
+        max_new_tokens: Some(4),
+        ..peanut_train::jobs::GenerateJob::new(&model_dir, "Is water wet ?")
+    }
+    .run()
+    .unwrap();
+    let again = cli::run(parse(&[
+        "generate",
+        "--model",
+        path_str(&model_dir),
+        "--adapter",
+        path_str(&out.join("export")),
+        "--quantize",
+        "nf4",
+        "--max-new-tokens",
+        "4",
+        "--prompt",
+        "Is water wet ?",
+    ]));
+    assert!(again.is_ok(), "{again:?}");
+    assert!(!generated.is_empty());
     // On the float base the adapter still helps (it learned around nf4's rounding).
     let mut float = load(&model_dir);
     let float_before = loss_of(&float, &data.train);

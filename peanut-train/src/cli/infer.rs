@@ -83,6 +83,10 @@ pub struct EvalImageArgs {
     /// Images per batch.
     #[arg(long, default_value_t = 64, value_parser = values::at_least_one)]
     pub batch_size: usize,
+    /// Store the base's frozen linear weights quantized as they are read: `int8` or `nf4` (as
+    /// `train --quantize`). The adapter is applied beside them as low-rank factors.
+    #[arg(long, value_parser = values::quantization)]
+    pub quantize: Option<peanut::Quantization>,
 }
 
 /// Options of `peanut predict image`.
@@ -105,6 +109,10 @@ pub struct PredictImageArgs {
     /// Image files (JPEG or PNG).
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
+    /// Store the base's frozen linear weights quantized as they are read: `int8` or `nf4` (as
+    /// `train --quantize`). The adapter is applied beside them as low-rank factors.
+    #[arg(long, value_parser = values::quantization)]
+    pub quantize: Option<peanut::Quantization>,
 }
 
 /// Options of `peanut merge`.
@@ -202,6 +210,7 @@ impl EvalImageArgs {
             adapter: self.adapter.clone(),
             processor: self.processor.overrides(),
             batch_size: self.batch_size,
+            quantize: self.quantize,
         }
     }
 }
@@ -215,6 +224,7 @@ impl PredictImageArgs {
             top_k: self.top_k,
             processor: self.processor.overrides(),
             images: self.images.clone(),
+            quantize: self.quantize,
         }
     }
 }

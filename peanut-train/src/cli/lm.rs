@@ -192,6 +192,10 @@ pub struct EvalLmArgs {
     /// JSON lines to this file.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Store the base's frozen linear weights quantized as they are read: `int8` or `nf4` (as
+    /// `train --quantize`). The adapter is applied beside them as low-rank factors.
+    #[arg(long, value_parser = values::quantization)]
+    pub quantize: Option<peanut::Quantization>,
 }
 
 /// Options of `peanut generate`.
@@ -230,6 +234,10 @@ pub struct GenerateArgs {
     /// Seed of top-p sampling.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Store the base's frozen linear weights quantized as they are read: `int8` or `nf4` (as
+    /// `train --quantize`). The adapter is applied beside them as low-rank factors.
+    #[arg(long, value_parser = values::quantization)]
+    pub quantize: Option<peanut::Quantization>,
 }
 
 impl EvalLmArgs {
@@ -245,6 +253,7 @@ impl EvalLmArgs {
             batch_size: self.batch_size,
             workers: self.workers,
             output: self.output.clone(),
+            quantize: self.quantize,
         }
     }
 }
@@ -262,6 +271,7 @@ impl GenerateArgs {
             top_p: self.top_p,
             temperature: self.temperature,
             seed: self.seed,
+            quantize: self.quantize,
         }
     }
 }

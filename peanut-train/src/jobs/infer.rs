@@ -126,6 +126,10 @@ pub struct EvalImageJob {
     pub processor: ProcessorOverrides,
     /// Images per batch.
     pub batch_size: usize,
+    /// Store the base's frozen linear weights quantized (`--quantize`, `peanut::quant`); `None`:
+    /// as the checkpoint has them, in f32. An adapter merges as low-rank factors beside the
+    /// quantized weights, never into a float copy.
+    pub quantize: Option<peanut::Quantization>,
 }
 
 impl EvalImageJob {
@@ -138,6 +142,7 @@ impl EvalImageJob {
             adapter: None,
             processor: ProcessorOverrides::default(),
             batch_size: 64,
+            quantize: None,
         }
     }
 }
@@ -156,6 +161,10 @@ pub struct PredictImageJob {
     pub processor: ProcessorOverrides,
     /// Image files (JPEG or PNG).
     pub images: Vec<PathBuf>,
+    /// Store the base's frozen linear weights quantized (`--quantize`, `peanut::quant`); `None`:
+    /// as the checkpoint has them, in f32. An adapter merges as low-rank factors beside the
+    /// quantized weights, never into a float copy.
+    pub quantize: Option<peanut::Quantization>,
 }
 
 impl PredictImageJob {
@@ -167,6 +176,7 @@ impl PredictImageJob {
             top_k: 5,
             processor: ProcessorOverrides::default(),
             images,
+            quantize: None,
         }
     }
 }
@@ -316,6 +326,7 @@ impl Inference {
         adapter: Option<&Path>,
         processor: &ProcessorOverrides,
         training_size: bool,
+        quantize: Option<peanut::Quantization>,
     ) -> Result<Self> {
         let dir = resolve_model_dir(model, MODEL_HINT)?;
         let family = ModelFamily::of_model_dir(&dir)?;
@@ -356,7 +367,7 @@ impl Inference {
             num_labels,
             processor.output_side(),
             0,
-            peanut::Precision::F32,
+            peanut::FrozenStorage::default().with_quantization(quantize),
         )?
         .valid();
         let mut labels = None;
@@ -397,8 +408,13 @@ impl EvalImageJob {
     /// (NaN or infinite weights).
     pub fn run(&self) -> Result<train::EvalReport> {
         let data = read_dataset(&self.data_dir)?;
-        let inference =
-            Inference::load(&self.model, self.adapter.as_deref(), &self.processor, true)?;
+        let inference = Inference::load(
+            &self.model,
+            self.adapter.as_deref(),
+            &self.processor,
+            true,
+            self.quantize,
+        )?;
         let model = &inference.model;
         let source = if inference.labels_from_export {
             format!("the export's {LABELS_FILE} lists")
@@ -485,8 +501,13 @@ impl PredictImageJob {
     /// # Errors
     /// Unreadable inputs, or logits that are not finite (the error names the image).
     pub fn run(&self) -> Result<Vec<Prediction>> {
-        let inference =
-            Inference::load(&self.model, self.adapter.as_deref(), &self.processor, true)?;
+        let inference = Inference::load(
+            &self.model,
+            self.adapter.as_deref(),
+            &self.processor,
+            true,
+            self.quantize,
+        )?;
         let samples: Vec<data::ImageSample> = self
             .images
             .iter()
@@ -591,7 +612,7 @@ impl MergeJob {
             match family {
                 ModelFamily::Vit => {
                     let mut inference =
-                        Inference::load(&dir, Some(&self.adapter), &self.processor, false)?;
+                        Inference::load(&dir, Some(&self.adapter), &self.processor, false, None)?;
                     inference.model.merge_adapters();
                     inference.model.save_merged(staging)?;
                     let json = serde_json::to_vec_pretty(&inference.processor.to_hf_json())

@@ -88,6 +88,10 @@ pub struct EvalLmJob {
     pub workers: Option<usize>,
     /// Write every prediction as JSON lines to this file.
     pub output: Option<PathBuf>,
+    /// Store the base's frozen linear weights quantized (`--quantize`, `peanut::quant`); `None`:
+    /// as the checkpoint has them, in f32. An adapter merges as low-rank factors beside the
+    /// quantized weights, never into a float copy.
+    pub quantize: Option<peanut::Quantization>,
 }
 
 impl EvalLmJob {
@@ -104,6 +108,7 @@ impl EvalLmJob {
             batch_size: 8,
             workers: None,
             output: None,
+            quantize: None,
         }
     }
 }
@@ -130,6 +135,10 @@ pub struct GenerateJob {
     pub temperature: f64,
     /// Seed of top-p sampling.
     pub seed: u64,
+    /// Store the base's frozen linear weights quantized (`--quantize`, `peanut::quant`); `None`:
+    /// as the checkpoint has them, in f32. An adapter merges as low-rank factors beside the
+    /// quantized weights, never into a float copy.
+    pub quantize: Option<peanut::Quantization>,
 }
 
 impl GenerateJob {
@@ -145,6 +154,7 @@ impl GenerateJob {
             top_p: None,
             temperature: 1.0,
             seed: 42,
+            quantize: None,
         }
     }
 }
@@ -168,12 +178,19 @@ fn copy_tokenizer(model: &Path, dir: &Path) -> Result<()> {
         .map_err(|e| TrainError::io("cannot write", &to, e))
 }
 
-/// The base model with `adapter` (an adapter or export directory) loaded and merged, and its
-/// tokenizer.
-fn inference_llama(model: &Path, adapter: Option<&Path>) -> Result<(Llama<Selected>, Tokenizer)> {
+/// The base model (its linear weights quantized when `quantize` says) with `adapter` (an
+/// adapter or export directory) loaded and merged, and its tokenizer.
+fn inference_llama(
+    model: &Path,
+    adapter: Option<&Path>,
+    quantize: Option<peanut::Quantization>,
+) -> Result<(Llama<Selected>, Tokenizer)> {
     let model = &resolve_model_dir(model, MODEL_HINT)?;
     let tokenizer = load_tokenizer(model)?;
-    let mut llama = Llama::<Selected>::from_pretrained(model, &backend::device())?;
+    let device = backend::device();
+    train::check_quantization::<Selected>(&device, quantize)?;
+    let storage = peanut::FrozenStorage::default().with_quantization(quantize);
+    let mut llama = Llama::<Selected>::from_pretrained_in(model, &device, storage)?;
     if let Some(dir) = adapter {
         if let Some(manifest) = train::ExportManifest::find(dir)? {
             manifest.check_base(&llama, dir)?;
@@ -300,7 +317,8 @@ impl EvalLmJob {
         if let Some(limit) = self.limit {
             examples.truncate(limit);
         }
-        let (model, tokenizer) = inference_llama(&self.model, self.adapter.as_deref())?;
+        let (model, tokenizer) =
+            inference_llama(&self.model, self.adapter.as_deref(), self.quantize)?;
         let generation = GenerationConfig {
             eos_token_id: model.config.eos_token_id,
             ..GenerationConfig::greedy(self.max_new_tokens)
@@ -377,7 +395,8 @@ impl GenerateJob {
                 });
             }
         };
-        let (model, tokenizer) = inference_llama(&self.model, self.adapter.as_deref())?;
+        let (model, tokenizer) =
+            inference_llama(&self.model, self.adapter.as_deref(), self.quantize)?;
         let sampling = match self.top_p {
             None => Sampling::Greedy,
             Some(top_p) => Sampling::TopP {
