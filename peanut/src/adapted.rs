@@ -70,7 +70,7 @@ impl<B: Backend> AdaptedLinear<B> {
     ///
     /// # Errors
     /// When the base trains, or as [`QuantizedWeight::quantize`].
-    pub fn quantize(mut self, format: Quantization) -> Result<Self, QuantizeError> {
+    pub fn quantize(self, format: Quantization) -> Result<Self, QuantizeError> {
         if self.base_trainable {
             return Err(QuantizeError::Trainable);
         }
@@ -78,11 +78,10 @@ impl<B: Backend> AdaptedLinear<B> {
             return Ok(self);
         }
         let weight = QuantizedWeight::quantize(self.base_weight(), format)?;
-        self.unmerge();
-        let device = weight.device();
-        self.base.weight = self.base.weight.map(|_| Tensor::zeros([0, 0], &device));
-        self.quantized = Some(weight);
-        Ok(self)
+        Ok(Self {
+            adapters: self.adapters,
+            ..Self::from_quantized(weight, self.base.bias)
+        })
     }
 
     /// The format `W0` is stored in, when quantized.

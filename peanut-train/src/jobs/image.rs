@@ -108,7 +108,7 @@ pub fn train_image_job(job: &ImageJob) -> Result<TrainImageOutcome> {
             Some(data.classes.len()),
             Some(config.image_size),
             config.seed,
-            peanut::FrozenStorage::new(config.precision).with_quantization(config.quantize),
+            config.storage(),
         )?;
         train::train_image_on(model, &data, config, &job.run, &devices)?
     } else {
@@ -117,7 +117,7 @@ pub fn train_image_job(job: &ImageJob) -> Result<TrainImageOutcome> {
             Some(data.classes.len()),
             Some(config.image_size),
             config.seed,
-            peanut::FrozenStorage::new(config.precision).with_quantization(config.quantize),
+            config.storage(),
         )?;
         train::train_image_on(model, &data, config, &job.run, &devices)?
     };

@@ -284,8 +284,7 @@ fn train_lm_on<
     train::check_precision::<B>(&devices[0], config.precision)?;
     train::check_quantization::<B>(&devices[0], config.quantize)?;
     crate::backend::register_quantized();
-    let storage = peanut::FrozenStorage::new(config.precision).with_quantization(config.quantize);
-    let model = Llama::<B>::from_pretrained_in(model_dir, &devices[0], storage)?;
+    let model = Llama::<B>::from_pretrained_in(model_dir, &devices[0], config.storage())?;
     let data =
         lm_train::load_instructions(&job.data, tokenizer, model.config.eos_token_id, config)?;
     println!(

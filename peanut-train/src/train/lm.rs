@@ -115,6 +115,11 @@ impl Default for LmTrainConfig {
 }
 
 impl LmTrainConfig {
+    /// How the run stores the frozen base: `precision`, and `quantize` for the linear weights.
+    pub fn storage(&self) -> peanut::FrozenStorage {
+        peanut::FrozenStorage::new(self.precision).with_quantization(self.quantize)
+    }
+
     /// Checks the options that could not work (the error names the option) and builds the
     /// adapter configuration: the one validation of a run's configuration ([`Checked`]).
     pub fn check(self) -> Result<Checked<Self>> {
