@@ -10,6 +10,9 @@
 #     bash benches/scale-memory.sh --features cuda          # cargo flags pass through
 #     LM=1 bash benches/scale-memory.sh                     # also a Llama-3.2-1B-shaped LM step
 #
+# "f32 composed": attention, norms, SwiGLU and the loss composed from burn operations, as before
+# `peanut_models::ops` (PEANUT_SPEED_COMPOSED=1), to show what those save.
+#
 # Each setting runs `examples/speed.rs vit-train` in its own process (one warm-up step and one
 # timed step, the same seeded random images) and reports the process's peak resident memory
 # (on a GPU backend this is host memory; `benches/device-check.sh` reads the GPU's) and the
@@ -29,7 +32,7 @@ workloads="vit-train"
 
 printf '| step | setting | throughput | peak RSS MiB | last loss |\n|---|---|---|---|---|\n'
 for workload in $workloads; do
-    for setting in "f32" "f32 checkpointing" "bf16" "bf16 checkpointing" "int8" "nf4" \
+    for setting in "f32 composed" "f32" "f32 checkpointing" "bf16" "bf16 checkpointing" "int8" "nf4" \
         "nf4 bf16"; do
         precision=f32
         quantize=""
@@ -40,7 +43,10 @@ for workload in $workloads; do
         [[ "$setting" == bf16* || "$setting" == *" bf16" ]] && precision=bf16
         checkpointing=0
         [[ "$setting" == *checkpointing ]] && checkpointing=1
+        composed=0
+        [[ "$setting" == *composed ]] && composed=1
         line="$(PEANUT_SPEED_PRECISION="$precision" PEANUT_SPEED_CHECKPOINTING="$checkpointing" \
+            PEANUT_SPEED_COMPOSED="$composed" \
             PEANUT_SPEED_QUANTIZE="$quantize" "$bin" "$workload" 1 | tail -n 1)"
         echo "$line" >&2
         python3 - "$setting" "$line" <<'PY'

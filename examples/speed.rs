@@ -22,6 +22,8 @@
 //! weights), `PEANUT_SPEED_QUANTIZE=nf4` (or `int8`: the frozen linear weights quantized, as
 //! `--quantize`) and `PEANUT_SPEED_BATCH=8` (another ViT batch);
 //! `benches/scale-memory.sh` uses them to measure what checkpointing saves.
+//! `PEANUT_SPEED_COMPOSED=1` trains with attention, RMS norm and SwiGLU composed from burn
+//! operations, as before `peanut_models::ops`, to measure what those save.
 //!
 //! The training workloads run as `peanut train` does by default (`--devices auto`): on a CPU
 //! backend, one data-parallel worker per core ([`peanut_train::train::parallel`]), each step
@@ -30,6 +32,7 @@
 
 use std::time::Instant;
 
+use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, NoCheckpointing};
 use burn::module::AutodiffModule;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
@@ -160,7 +163,13 @@ fn quantize() -> Option<peanut::Quantization> {
 
 /// The frozen storage of the training workloads: [`precision`] and [`quantize`].
 fn storage() -> peanut::FrozenStorage {
-    backend::register_quantized();
+    if std::env::var("PEANUT_SPEED_COMPOSED").is_ok_and(|v| v == "1") {
+        // Before the lean operations: only the quantized products are registered.
+        peanut::quant::register_autodiff::<Selected, NoCheckpointing>();
+        peanut::quant::register_autodiff::<Selected, BalancedCheckpointing>();
+    } else {
+        backend::register_autodiff_ops();
+    }
     peanut::FrozenStorage::new(precision()).with_quantization(quantize())
 }
 
@@ -387,7 +396,6 @@ fn lm_train_on<B: AutodiffBackend<Device = burn::tensor::Device<Selected>>>(step
     let targets = ids
         .narrow(1, 1, lm_tokens())
         .reshape([LM_BATCH * lm_tokens()]);
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let mut last_loss = 0.0;
     let workers = workers(LM_BATCH);
     let share = LM_BATCH / workers;
@@ -403,8 +411,11 @@ fn lm_train_on<B: AutodiffBackend<Device = burn::tensor::Device<Selected>>>(step
             })
             .collect();
         let (loss, grads) = step_grads(&model, parts, &device, |model, (inputs, targets)| {
-            let logits = model.forward(inputs, None);
-            loss_fn.forward(logits.reshape([share * lm_tokens(), vocab]), targets)
+            let hidden = model.hidden(inputs);
+            let width = hidden.dims()[2];
+            model
+                .head_loss(hidden.reshape([share * lm_tokens(), width]), targets)
+                .0
         });
         model = optimizer.step(3e-4, model.clone(), grads);
         last_loss = loss.into_scalar().elem::<f64>();

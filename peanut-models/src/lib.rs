@@ -22,6 +22,7 @@ pub mod error;
 pub mod family;
 pub mod layer_norm;
 pub mod llama;
+pub mod ops;
 pub mod rms_norm;
 mod source;
 pub mod targets;

@@ -41,9 +41,7 @@ impl<B: Backend> RmsNorm<B> {
     /// - x: `[..., d_model]`
     /// - output: `[..., d_model]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let mean_square = x.clone().powi_scalar(2).mean_dim(D - 1);
-        let normalized = x * (mean_square + self.epsilon).sqrt().recip();
-        normalized * self.weight.val().unsqueeze()
+        crate::ops::rms_norm(x, self.weight.val(), self.epsilon)
     }
 }
 

@@ -66,14 +66,16 @@ pub type CheckpointedTrainBackend = burn::backend::Autodiff<
 >;
 
 /// Registers this build's training backends ([`TrainBackend`], [`CheckpointedTrainBackend`])
-/// with [`peanut::quant::register_autodiff`], so that training on quantized base weights
-/// (`--quantize`) keeps no float copy of them for the backward pass. Idempotent.
-pub fn register_quantized() {
-    peanut::quant::register_autodiff::<
+/// with [`peanut_models::ops::register_autodiff`] (which also calls
+/// [`peanut::quant::register_autodiff`]): attention, RMS norm and SwiGLU keep only their inputs
+/// for the backward pass, and training on quantized base weights (`--quantize`) keeps no float
+/// copy of them. Idempotent; every training job calls it before loading.
+pub fn register_autodiff_ops() {
+    peanut_models::ops::register_autodiff::<
         Selected,
         burn::backend::autodiff::checkpoint::strategy::NoCheckpointing,
     >();
-    peanut::quant::register_autodiff::<
+    peanut_models::ops::register_autodiff::<
         Selected,
         burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing,
     >();

@@ -1,13 +1,14 @@
 //! [`LlamaAttention`]: grouped-query causal self-attention with rotary positions.
 
 use burn::module::Module;
-use burn::tensor::{Bool, Tensor, TensorData, activation::softmax, backend::Backend};
+use burn::tensor::{Bool, Tensor, TensorData, backend::Backend};
 use peanut::AdaptedLinear;
 
 use super::cache::KvCache;
 use super::config::LlamaConfig;
 use super::rope::apply_rotary;
 use crate::error::Result;
+use crate::ops;
 use crate::source::Source;
 
 /// Self-attention with `num_attention_heads` query heads sharing `num_key_value_heads`
@@ -108,12 +109,9 @@ impl<B: Backend> LlamaAttention<B> {
         } else {
             mask.clone()
         };
-        let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
-        let scores = scores.mask_fill(mask, f32::NEG_INFINITY);
-        debug_assert_eq!(scores.dims()[3], total);
-        let context = softmax(scores, 3)
-            .matmul(v)
-            .reshape([batch, self.num_heads, len, head_dim]);
+        debug_assert_eq!(mask.dims()[3], total);
+        let context =
+            ops::attention(q, k, v, Some(mask)).reshape([batch, self.num_heads, len, head_dim]);
         let context = context
             .swap_dims(1, 2)
             .reshape([batch, len, self.num_heads * head_dim]);

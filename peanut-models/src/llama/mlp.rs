@@ -1,11 +1,12 @@
 //! [`LlamaMlp`]: the SwiGLU feed-forward block.
 
 use burn::module::Module;
-use burn::tensor::{Tensor, activation::silu, backend::Backend};
+use burn::tensor::{Tensor, backend::Backend};
 use peanut::AdaptedLinear;
 
 use super::config::LlamaConfig;
 use crate::error::Result;
+use crate::ops;
 use crate::source::Source;
 
 /// `down_proj(silu(gate_proj(x)) ⊙ up_proj(x))`, with `gate_proj`, `up_proj:
@@ -42,7 +43,8 @@ impl<B: Backend> LlamaMlp<B> {
     /// - x: `[..., hidden]`
     /// - output: `[..., hidden]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let gate = self.gate_proj.forward(x.clone());
+        self.down_proj
+            .forward(ops::swiglu(gate, self.up_proj.forward(x)))
     }
 }

@@ -167,6 +167,47 @@ impl<B: Backend> Llama<B> {
         }
     }
 
+    /// The final normalised hidden states of every position (what the output head reads; see
+    /// [`Llama::head_loss`]).
+    ///
+    /// # Shapes
+    /// - input_ids: `[batch, len]`
+    /// - output: `[batch, len, hidden_size]`
+    pub fn hidden(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.hidden_states(input_ids, &[], None)
+    }
+
+    /// The mean cross-entropy of the output head's logits at `hidden` against `targets`, and
+    /// each row's most likely token. With tied embeddings this is
+    /// [`crate::ops::linear_cross_entropy`], which never holds the `[rows, vocab]` logits; an
+    /// untied head computes them with its layer (adapters included) and burn's loss.
+    ///
+    /// # Shapes
+    /// - hidden: `[rows, hidden_size]`
+    /// - targets: `[rows]`
+    /// - output: the loss `[1]` and the argmax `[rows]`
+    pub fn head_loss(
+        &self,
+        hidden: Tensor<B, 2>,
+        targets: Tensor<B, 1, Int>,
+    ) -> (Tensor<B, 1>, Tensor<B, 1, Int>) {
+        match &self.lm_head {
+            Some(head) => {
+                let logits = head.forward(hidden);
+                let argmax = logits.clone().argmax(1).flatten(0, 1);
+                let loss = burn::nn::loss::CrossEntropyLossConfig::new()
+                    .init(&logits.device())
+                    .forward(logits, targets);
+                (loss, argmax)
+            }
+            None => crate::ops::linear_cross_entropy(
+                hidden,
+                self.model.embed_tokens.weight.val(),
+                targets,
+            ),
+        }
+    }
+
     /// Logits of the last position only, what generation needs: the output head (a
     /// `hidden_size × vocab_size` product per position, the largest single matrix of small
     /// models) runs on one row per sequence instead of all of them.

@@ -2,11 +2,12 @@
 //! and `attention.output.dense`.
 
 use burn::module::Module;
-use burn::tensor::{Tensor, activation::softmax, backend::Backend};
+use burn::tensor::{Tensor, backend::Backend};
 use peanut::AdaptedLinear;
 
 use super::config::VitConfig;
 use crate::error::Result;
+use crate::ops;
 use crate::source::Source;
 
 /// The query, key and value projections (`[hidden_size, hidden_size]` each, with bias).
@@ -76,8 +77,7 @@ impl<B: Backend> VitAttention<B> {
         let q = split(self.attention.query.forward(x.clone()));
         let k = split(self.attention.key.forward(x.clone()));
         let v = split(self.attention.value.forward(x));
-        let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
-        let context = softmax(scores, 3).matmul(v);
+        let context = ops::attention(q, k, v, None);
         let context = context.swap_dims(1, 2).reshape([batch, tokens, d]);
         self.output.dense.forward(context)
     }

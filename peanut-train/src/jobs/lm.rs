@@ -283,7 +283,7 @@ fn train_lm_on<
 ) -> Result<lm_train::TrainedLm<Selected>> {
     train::check_precision::<B>(&devices[0], config.precision)?;
     train::check_quantization::<B>(&devices[0], config.quantize)?;
-    crate::backend::register_quantized();
+    crate::backend::register_autodiff_ops();
     let model = Llama::<B>::from_pretrained_in(model_dir, &devices[0], config.storage())?;
     let data =
         lm_train::load_instructions(&job.data, tokenizer, model.config.eos_token_id, config)?;

@@ -48,9 +48,7 @@ pub(crate) fn load_vit<
     let storage = storage.into();
     train::check_precision::<B>(&backend::device(), storage.precision)?;
     train::check_quantization::<B>(&backend::device(), storage.quantization)?;
-    if storage.quantization.is_some() {
-        backend::register_quantized();
-    }
+    backend::register_autodiff_ops();
     let dir = &hub::resolve_model(model, &HubOptions::from_env())?;
     if !dir.is_dir() {
         return Err(TrainError::io(

@@ -1,7 +1,6 @@
 //! Causal-LM instruction tuning as an [`Objective`]: a [`Llama`]'s next-token cross-entropy on
 //! the response tokens, and what the metrics read of it ([`LmOutput`]).
 
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor};
 use burn::train::ItemLazy;
@@ -68,22 +67,17 @@ pub type CausalLm<B> = Trainee<B, Llama<B>>;
 /// response; prompt and padding are ignored).
 pub fn forward_loss<B: Backend>(model: &Llama<B>, batch: LmBatch<B>) -> LmOutput<B> {
     let [rows, len] = batch.input_ids.dims();
-    let logits = model.forward(batch.input_ids, None);
-    let vocab = logits.dims()[2];
-    let shifted = logits
+    // The head runs on the rows that carry loss only, and its logits are never held whole
+    // (`Llama::head_loss`).
+    let hidden = model.hidden(batch.input_ids);
+    let width = hidden.dims()[2];
+    let shifted = hidden
         .narrow(1, 0, len - 1)
-        .reshape([rows * (len - 1), vocab]);
+        .reshape([rows * (len - 1), width]);
     let predicted = batch.targets.dims()[0];
     let picked = shifted.select(0, batch.positions);
-    let loss = CrossEntropyLossConfig::new()
-        .init(&picked.device())
-        .forward(picked.clone(), batch.targets.clone());
-    let correct = picked
-        .argmax(1)
-        .reshape([predicted])
-        .equal(batch.targets)
-        .int()
-        .sum();
+    let (loss, argmax) = model.head_loss(picked, batch.targets.clone());
+    let correct = argmax.equal(batch.targets).int().sum();
     LmOutput {
         loss,
         correct,

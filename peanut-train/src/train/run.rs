@@ -606,7 +606,7 @@ pub fn check_quantize(method: Method, quantize: Option<peanut::Quantization>) ->
 
 /// An error naming `--quantize` unless backend `B` can store quantized weights on `device`.
 /// Quantized training also needs the backend's autodiff registered with
-/// [`peanut::quant::register_autodiff`]; [`crate::backend::register_quantized`] does that for
+/// [`peanut::quant::register_autodiff`]; [`crate::backend::register_autodiff_ops`] does that for
 /// this build's training backends.
 pub fn check_quantization<B: Backend>(
     device: &B::Device,
