@@ -214,14 +214,24 @@ fn rms_norm_composed<B: Backend, const D: usize>(
     normalized * weight.unsqueeze()
 }
 
+/// An attention mask, when there is one.
+type Mask<B> = Option<Tensor<B, 4, Bool>>;
+
+/// A loss `[1]` and each row's argmax `[rows]`.
+type LossAndArgmax<B> = (Tensor<B, 1>, Tensor<B, 1, Int>);
+
+/// [`attention`]'s signature.
+type AttentionFn<B> = fn(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>, Mask<B>) -> Tensor<B, 4>;
+
+/// [`linear_cross_entropy`]'s signature.
+type LossFn<B> = fn(Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 1, Int>) -> LossAndArgmax<B>;
+
 /// The operations of one autodiff backend.
 struct Kernels<B: Backend> {
-    attention:
-        fn(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>, Option<Tensor<B, 4, Bool>>) -> Tensor<B, 4>,
+    attention: AttentionFn<B>,
     rms_norm: fn(Tensor<B, 2>, Tensor<B, 1>, f64) -> Tensor<B, 2>,
     swiglu: fn(Tensor<B, 1>, Tensor<B, 1>) -> Tensor<B, 1>,
-    linear_cross_entropy:
-        fn(Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 1, Int>) -> (Tensor<B, 1>, Tensor<B, 1, Int>),
+    linear_cross_entropy: LossFn<B>,
 }
 
 impl<B: Backend> Clone for Kernels<B> {
@@ -595,7 +605,7 @@ fn autodiff_linear_cross_entropy<I: Backend, C: CheckpointStrategy>(
     h: Tensor<Autodiff<I, C>, 2>,
     w: Tensor<Autodiff<I, C>, 2>,
     targets: Tensor<Autodiff<I, C>, 1, Int>,
-) -> (Tensor<Autodiff<I, C>, 1>, Tensor<Autodiff<I, C>, 1, Int>) {
+) -> LossAndArgmax<Autodiff<I, C>> {
     let (h, w) = (h.into_primitive().tensor(), w.into_primitive().tensor());
     let targets: Tensor<I, 1, Int> = Tensor::from_primitive(targets.into_primitive());
     let (hi, wi): (Tensor<I, 2>, Tensor<I, 2>) =
