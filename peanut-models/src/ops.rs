@@ -123,12 +123,7 @@ pub fn linear_cross_entropy<B: Backend>(
     }
     if B::ad_enabled(&device) {
         // Unregistered autodiff: burn's operations (the logits are kept for the backward).
-        let logits = logits_of(h, &w);
-        let argmax = logits.clone().argmax(1).flatten(0, 1);
-        let loss = burn::nn::loss::CrossEntropyLossConfig::new()
-            .init(&device)
-            .forward(logits, targets);
-        return (loss, argmax);
+        return cross_entropy(logits_of(h, &w), targets);
     }
     let rows = h.dims()[0];
     let chunks = loss_chunks(h, &w, targets);
@@ -136,10 +131,27 @@ pub fn linear_cross_entropy<B: Backend>(
     (loss, chunks.argmax)
 }
 
+/// burn's mean cross-entropy of `logits` against `targets`, and each row's argmax.
+///
+/// # Shapes
+/// - logits: `[rows, classes]`
+/// - targets: `[rows]`
+/// - output: the loss `[1]` and the argmax `[rows]`
+pub fn cross_entropy<B: Backend>(
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+) -> LossAndArgmax<B> {
+    let argmax = logits.clone().argmax(1).flatten(0, 1);
+    let loss = burn::nn::loss::CrossEntropyLossConfig::new()
+        .init(&logits.device())
+        .forward(logits, targets);
+    (loss, argmax)
+}
+
 /// `h·wᵀ` in `w`'s type, returned in `h`'s; computed as `(w·hᵀ)ᵀ`, which reads the
 /// `[vocab, hidden]` matrix in its stored layout (`h·wᵀ` copies the transposed matrix first on
 /// some backends).
-fn logits_of<X: Backend>(h: Tensor<X, 2>, w: &Tensor<X, 2>) -> Tensor<X, 2> {
+pub(crate) fn logits_of<X: Backend>(h: Tensor<X, 2>, w: &Tensor<X, 2>) -> Tensor<X, 2> {
     let dtype = h.dtype();
     let logits = w.clone().matmul(cast_to(h, w.dtype()).transpose());
     cast_to(logits.transpose(), dtype)
@@ -218,7 +230,7 @@ fn rms_norm_composed<B: Backend, const D: usize>(
 type Mask<B> = Option<Tensor<B, 4, Bool>>;
 
 /// A loss `[1]` and each row's argmax `[rows]`.
-type LossAndArgmax<B> = (Tensor<B, 1>, Tensor<B, 1, Int>);
+pub type LossAndArgmax<B> = (Tensor<B, 1>, Tensor<B, 1, Int>);
 
 /// [`attention`]'s signature.
 type AttentionFn<B> = fn(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>, Mask<B>) -> Tensor<B, 4>;
@@ -301,6 +313,33 @@ fn primitive<I: Backend, const D: usize>(tensor: Tensor<I, D>) -> I::FloatTensor
     tensor.into_primitive().tensor()
 }
 
+/// The node of each parent of `ops` that tracks gradients.
+fn parent_ids<S, const N: usize>(ops: &Ops<S, N>) -> [Option<NodeId>; N] {
+    ops.parents
+        .each_ref()
+        .map(|parent| parent.as_ref().map(|node| node.id))
+}
+
+/// The output of an operation of this module: tracked, with the backward state `state` builds,
+/// when a parent tracks gradients; untracked otherwise (and `state` never runs).
+fn finish<I, C, O, S, const N: usize, const D: usize>(
+    kind: OpsKind<O, I, S, C, N>,
+    state: impl FnOnce() -> S,
+    output: I::FloatTensorPrimitive,
+) -> Tensor<Autodiff<I, C>, D>
+where
+    I: Backend,
+    C: CheckpointStrategy,
+    S: Clone + Send + std::fmt::Debug + 'static,
+    O: Backward<I, N, State = S>,
+{
+    let output = match kind {
+        OpsKind::Tracked(prep) => prep.finish(state(), output),
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(output))
+}
+
 /// Registers `grad` for `parent` when it is tracked.
 fn register<I: Backend, const D: usize>(
     grads: &mut Gradients,
@@ -335,6 +374,7 @@ impl<I: Backend> Backward<I, 3> for AttentionBackward {
         grads: &mut Gradients,
         _checkpointer: &mut Checkpointer,
     ) {
+        let [q_parent, k_parent, v_parent] = parent_ids(&ops);
         let state = ops.state;
         let grad: Tensor<I, 4> = inner(grads.consume::<I>(&ops.node));
         let q: Tensor<I, 4> = inner(state.q);
@@ -346,8 +386,6 @@ impl<I: Backend> Backward<I, 3> for AttentionBackward {
             scores = scores.mask_fill(Tensor::from_primitive(mask), f32::NEG_INFINITY);
         }
         let p = (scores - inner::<I, 4>(state.lse)).exp();
-        let [q_parent, k_parent, v_parent] =
-            ops.parents.each_ref().map(|p| p.as_ref().map(|n| n.id));
         register(grads, v_parent, || {
             p.clone().swap_dims(2, 3).matmul(grad.clone())
         });
@@ -392,22 +430,16 @@ fn autodiff_attention<I: Backend, C: CheckpointStrategy>(
         .prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()])
         .compute_bound()
         .stateful();
-    let output = match kind {
-        OpsKind::Tracked(prep) => {
-            let lse = primitive(max + sum.log());
-            let state = AttentionState {
-                q: q.primitive,
-                k: k.primitive,
-                v: v.primitive,
-                output: output.clone(),
-                lse,
-                mask,
-            };
-            prep.finish(state, output)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(output),
+    let saved = output.clone();
+    let state = || AttentionState {
+        q: q.primitive,
+        k: k.primitive,
+        v: v.primitive,
+        output: saved,
+        lse: primitive(max + sum.log()),
+        mask,
     };
-    Tensor::from_primitive(TensorPrimitive::Float(output))
+    finish(kind, state, output)
 }
 
 #[derive(Debug, Clone)]
@@ -430,11 +462,11 @@ impl<I: Backend> Backward<I, 2> for RmsNormBackward {
         grads: &mut Gradients,
         _checkpointer: &mut Checkpointer,
     ) {
+        let [x_parent, weight_parent] = parent_ids(&ops);
         let state = ops.state;
         let grad: Tensor<I, 2> = inner(grads.consume::<I>(&ops.node));
         let reciprocal: Tensor<I, 2> = inner(state.reciprocal);
         let normalized = inner::<I, 2>(state.x) * reciprocal.clone();
-        let [x_parent, weight_parent] = ops.parents.each_ref().map(|p| p.as_ref().map(|n| n.id));
         register(grads, weight_parent, || {
             (grad.clone() * normalized.clone())
                 .sum_dim(0)
@@ -466,18 +498,12 @@ fn autodiff_rms_norm<I: Backend, C: CheckpointStrategy>(
         .prepare::<C>([x.node.clone(), weight.node.clone()])
         .compute_bound()
         .stateful();
-    let output = match kind {
-        OpsKind::Tracked(prep) => {
-            let state = RmsNormState {
-                x: x.primitive,
-                weight: weight.primitive,
-                reciprocal: primitive(reciprocal),
-            };
-            prep.finish(state, output)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(output),
+    let state = || RmsNormState {
+        x: x.primitive,
+        weight: weight.primitive,
+        reciprocal: primitive(reciprocal),
     };
-    Tensor::from_primitive(TensorPrimitive::Float(output))
+    finish(kind, state, output)
 }
 
 #[derive(Debug, Clone)]
@@ -498,11 +524,11 @@ impl<I: Backend> Backward<I, 2> for SwigluBackward {
         grads: &mut Gradients,
         _checkpointer: &mut Checkpointer,
     ) {
+        let [gate_parent, up_parent] = parent_ids(&ops);
         let state = ops.state;
         let grad: Tensor<I, 1> = inner(grads.consume::<I>(&ops.node));
         let gate: Tensor<I, 1> = inner(state.gate);
         let sig = sigmoid(gate.clone());
-        let [gate_parent, up_parent] = ops.parents.each_ref().map(|p| p.as_ref().map(|n| n.id));
         register(grads, up_parent, || {
             grad.clone() * gate.clone() * sig.clone()
         });
@@ -524,17 +550,11 @@ fn autodiff_swiglu<I: Backend, C: CheckpointStrategy>(
         .prepare::<C>([gate.node.clone(), up.node.clone()])
         .compute_bound()
         .stateful();
-    let output = match kind {
-        OpsKind::Tracked(prep) => {
-            let state = SwigluState {
-                gate: gate.primitive,
-                up: up.primitive,
-            };
-            prep.finish(state, output)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(output),
+    let state = || SwigluState {
+        gate: gate.primitive,
+        up: up.primitive,
     };
-    Tensor::from_primitive(TensorPrimitive::Float(output))
+    finish(kind, state, output)
 }
 
 #[derive(Debug, Clone)]
@@ -557,6 +577,7 @@ impl<I: Backend> Backward<I, 2> for LossBackward {
         grads: &mut Gradients,
         _checkpointer: &mut Checkpointer,
     ) {
+        let [h_parent, w_parent] = parent_ids(&ops);
         let state = ops.state;
         let grad: Tensor<I, 1> = inner(grads.consume::<I>(&ops.node));
         let h: Tensor<I, 2> = inner(state.h);
@@ -564,7 +585,6 @@ impl<I: Backend> Backward<I, 2> for LossBackward {
         let targets: Tensor<I, 1, Int> = Tensor::from_primitive(state.targets);
         let lse: Tensor<I, 1> = inner(state.lse);
         let [rows, _] = h.dims();
-        let [h_parent, w_parent] = ops.parents.each_ref().map(|p| p.as_ref().map(|n| n.id));
         let scale = (grad / rows as f64).reshape([1, 1]);
         let step = chunk_rows(w.dims()[0]);
         let (mut dh, mut dw) = (Vec::new(), None::<Tensor<I, 2>>);
@@ -617,20 +637,14 @@ fn autodiff_linear_cross_entropy<I: Backend, C: CheckpointStrategy>(
         .prepare::<C>([h.node.clone(), w.node.clone()])
         .compute_bound()
         .stateful();
-    let loss = match kind {
-        OpsKind::Tracked(prep) => {
-            let state = LossState {
-                h: h.primitive,
-                w: w.primitive,
-                targets: targets.into_primitive(),
-                lse: primitive(chunks.lse),
-            };
-            prep.finish(state, loss)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(loss),
+    let state = || LossState {
+        h: h.primitive,
+        w: w.primitive,
+        targets: targets.into_primitive(),
+        lse: primitive(chunks.lse),
     };
     let argmax = Tensor::from_primitive(chunks.argmax.into_primitive());
-    (Tensor::from_primitive(TensorPrimitive::Float(loss)), argmax)
+    (finish(kind, state, loss), argmax)
 }
 
 #[cfg(test)]

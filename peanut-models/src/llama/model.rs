@@ -190,16 +190,9 @@ impl<B: Backend> Llama<B> {
         &self,
         hidden: Tensor<B, 2>,
         targets: Tensor<B, 1, Int>,
-    ) -> (Tensor<B, 1>, Tensor<B, 1, Int>) {
+    ) -> crate::ops::LossAndArgmax<B> {
         match &self.lm_head {
-            Some(head) => {
-                let logits = head.forward(hidden);
-                let argmax = logits.clone().argmax(1).flatten(0, 1);
-                let loss = burn::nn::loss::CrossEntropyLossConfig::new()
-                    .init(&logits.device())
-                    .forward(logits, targets);
-                (loss, argmax)
-            }
+            Some(head) => crate::ops::cross_entropy(head.forward(hidden), targets),
             None => crate::ops::linear_cross_entropy(
                 hidden,
                 self.model.embed_tokens.weight.val(),
@@ -244,15 +237,8 @@ impl<B: Backend> Llama<B> {
         let last = x.narrow(1, len - 1, 1).reshape([batch, d]);
         match &self.lm_head {
             Some(head) => head.forward(last),
-            // `E·hᵀ` reads the `[vocab, hidden]` embedding in its stored layout; `h·Eᵀ` would
-            // first copy the transposed embedding (the whole matrix) on some backends.
-            // A half-precision embedding (peanut::precision) computes the product in its type.
-            None => {
-                let embedding = self.model.embed_tokens.weight.val();
-                let (dtype, stored) = (last.dtype(), embedding.dtype());
-                let logits = embedding.matmul(cast_to(last, stored).transpose());
-                cast_to(logits.transpose(), dtype)
-            }
+            // `E·hᵀ`, in the embedding's stored layout and type (see `ops::logits_of`).
+            None => crate::ops::logits_of(last, &self.model.embed_tokens.weight.val()),
         }
     }
 
