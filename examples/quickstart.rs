@@ -61,6 +61,7 @@ fn base_config(method: Method) -> ImageTrainConfig {
         normalization: NORMALIZATION,
         precision: Precision::F32,
         quantize: None,
+        recompute_layers: false,
     }
 }
 

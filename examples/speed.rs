@@ -42,7 +42,7 @@ use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use peanut::{AdapterConfig, PeanutConfig, Precision};
 use peanut_models::llama::GenerationConfig;
 use peanut_models::{AdaptableModel, Llama, LlamaConfig, Targets, Vit, VitConfig};
-use peanut_train::backend::{self, CheckpointedTrainBackend, DeviceSpec, Selected, TrainBackend};
+use peanut_train::backend::{self, DeviceSpec, Selected, TrainBackend};
 
 /// Training batch of the ViT workloads (the DINOv2-S protocol of the speed issue).
 const VIT_BATCH: usize = 32;
@@ -216,14 +216,15 @@ fn workers(batch: usize) -> usize {
 
 /// One training step's loss and gradients over `parts` (the batch, split among workers), as
 /// burn's multi-device strategy computes them for `peanut train` with several devices: each
-/// worker thread forks the model (its own autodiff graph over the shared frozen weights),
-/// computes `loss` on its part divided by the worker count, and takes its gradients; the
-/// gradients are then summed. One part runs on this thread, without a fork.
+/// worker thread forks the model (its own autodiff graph over the shared frozen weights) and
+/// takes the loss and gradients `grads` gives for its part with the loss divided by the worker
+/// count (the divisor it is passed); the gradients are then summed. One part runs on this
+/// thread, without a fork.
 fn step_grads<B, M, I>(
     model: &M,
     parts: Vec<I>,
     device: &B::Device,
-    loss: impl Fn(&M, I) -> Tensor<B, 1> + Sync,
+    grads: impl Fn(&M, I, usize) -> (Tensor<B, 1>, GradientsParams) + Sync,
 ) -> (Tensor<B, 1>, GradientsParams)
 where
     B: AutodiffBackend,
@@ -233,11 +234,9 @@ where
     let n = parts.len();
     if n == 1 {
         let input = parts.into_iter().next().expect("one part");
-        let loss = loss(model, input);
-        let grads = GradientsParams::from_grads(loss.backward(), model);
-        return (loss, grads);
+        return grads(model, input, 1);
     }
-    let loss = &loss;
+    let grads = &grads;
     let results: Vec<(Tensor<B, 1>, GradientsParams)> = std::thread::scope(|scope| {
         let handles: Vec<_> = parts
             .into_iter()
@@ -245,8 +244,7 @@ where
                 let worker = model.clone();
                 scope.spawn(move || {
                     let worker = worker.fork(device);
-                    let loss = loss(&worker, input) / n as f32;
-                    let grads = GradientsParams::from_grads(loss.backward(), &worker);
+                    let (loss, grads) = grads(&worker, input, n);
                     (loss.detach(), grads)
                 })
             })
@@ -266,12 +264,21 @@ where
     (Tensor::cat(losses, 0).sum(), sum.grads())
 }
 
+/// [`step_grads`]' `grads` of a loss: its own backward.
+fn backward_of<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    loss: Tensor<B, 1>,
+    divisor: usize,
+) -> (Tensor<B, 1>, GradientsParams) {
+    let loss = loss / divisor as f32;
+    let grads = GradientsParams::from_grads(loss.backward(), model);
+    (loss, grads)
+}
+
+/// With checkpointing, each encoder block is recomputed in the backward pass
+/// (`Vit::recompute_backward`, what `peanut train image --checkpointing` does).
 fn vit_train(steps: usize) {
-    if checkpointing() {
-        vit_train_on::<CheckpointedTrainBackend>(steps)
-    } else {
-        vit_train_on::<TrainBackend>(steps)
-    }
+    vit_train_on::<TrainBackend>(steps)
 }
 
 fn vit_train_on<B: AutodiffBackend<Device = burn::tensor::Device<Selected>>>(steps: usize) {
@@ -311,8 +318,15 @@ fn vit_train_on<B: AutodiffBackend<Device = burn::tensor::Device<Selected>>>(ste
                 )
             })
             .collect();
-        let (loss, grads) = step_grads(&model, parts, &device, |model, (images, labels)| {
-            loss_fn.forward(model.forward(images), labels)
+        let (loss, grads) = step_grads(&model, parts, &device, |model, (images, labels), n| {
+            if checkpointing() {
+                model.recompute_backward(images, |logits| {
+                    let loss = loss_fn.forward(logits, labels) / n as f32;
+                    (loss.clone(), loss)
+                })
+            } else {
+                backward_of(model, loss_fn.forward(model.forward(images), labels), n)
+            }
         });
         model = optimizer.step(1e-3, model.clone(), grads);
         // One read-back per step, as a training loop logging its loss would do.
@@ -373,12 +387,10 @@ fn token_ids<B: Backend>(
     Tensor::from_data(TensorData::new(ids, [batch, len]), device)
 }
 
+/// With checkpointing, each decoder layer is recomputed in the backward pass
+/// (`Llama::recompute_backward`, what `peanut train lm --checkpointing` does).
 fn lm_train(steps: usize) {
-    if checkpointing() {
-        lm_train_on::<CheckpointedTrainBackend>(steps)
-    } else {
-        lm_train_on::<TrainBackend>(steps)
-    }
+    lm_train_on::<TrainBackend>(steps)
 }
 
 fn lm_train_on<B: AutodiffBackend<Device = burn::tensor::Device<Selected>>>(steps: usize) {
@@ -410,12 +422,22 @@ fn lm_train_on<B: AutodiffBackend<Device = burn::tensor::Device<Selected>>>(step
                 )
             })
             .collect();
-        let (loss, grads) = step_grads(&model, parts, &device, |model, (inputs, targets)| {
-            let hidden = model.hidden(inputs);
+        let loss_of = |model: &Llama<B>, hidden: Tensor<B, 3>, targets, n: usize| {
             let width = hidden.dims()[2];
-            model
-                .head_loss(hidden.reshape([share * lm_tokens(), width]), targets)
-                .0
+            let rows = share * lm_tokens();
+            model.head_loss(hidden.reshape([rows, width]), targets).0 / n as f32
+        };
+        let (loss, grads) = step_grads(&model, parts, &device, |model, (inputs, targets), n| {
+            if checkpointing() {
+                model.recompute_backward(inputs, |hidden| {
+                    let loss = loss_of(model, hidden, targets, n);
+                    (loss.clone(), loss)
+                })
+            } else {
+                let loss = loss_of(model, model.hidden(inputs), targets, n);
+                let grads = GradientsParams::from_grads(loss.backward(), model);
+                (loss, grads)
+            }
         });
         model = optimizer.step(3e-4, model.clone(), grads);
         last_loss = loss.into_scalar().elem::<f64>();

@@ -23,6 +23,7 @@ pub mod family;
 pub mod layer_norm;
 pub mod llama;
 pub mod ops;
+pub mod recompute;
 pub mod rms_norm;
 mod source;
 pub mod targets;

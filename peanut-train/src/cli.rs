@@ -302,8 +302,9 @@ pub struct ExecutionArgs {
     /// step, so the run computes what one device would.
     #[arg(long, default_value = "auto", value_parser = values::devices)]
     pub devices: train::DeviceSpec,
-    /// Gradient checkpointing: recompute element-wise activations in the backward pass
-    /// instead of keeping them (less memory, more compute; same gradients).
+    /// Gradient checkpointing: keep only each transformer block's input and recompute the
+    /// block's activations in the backward pass (memory for one block's activations instead
+    /// of all of them, for one more forward pass; the same gradients up to float rounding).
     #[arg(long)]
     pub checkpointing: bool,
     /// Precision of the frozen base weights: f32, f16 or bf16. Their matrix products run in
@@ -373,6 +374,7 @@ impl TrainImageArgs {
             normalization: Normalization::VIT,
             precision: self.execution.precision,
             quantize: self.execution.quantize,
+            recompute_layers: self.execution.checkpointing,
         }
     }
 }

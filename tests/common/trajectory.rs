@@ -209,6 +209,7 @@ pub fn follow<B: AutodiffBackend>(
         grad_accumulation: accumulate,
         steps_per_epoch: steps * accumulate,
         rescale_partial: true,
+        recompute_layers: false,
     };
     let trainee = Trainee::new(model, LossGuard::new(Interrupter::new(), 0), settings);
     let optim = optimizer(trajectory.setting("weight_decay")).init();

@@ -475,6 +475,7 @@ fn save_initial_writes_the_start_and_the_order_a_replay_follows() {
         grad_accumulation: 1,
         steps_per_epoch: 3,
         rescale_partial: false,
+        recompute_layers: false,
     };
     let trainee = Trainee::new(model, LossGuard::new(Interrupter::new(), 0), settings);
     let mut learner = Learner::new(trainee, optimizer(config.weight_decay).init(), 1.0);

@@ -380,6 +380,53 @@ fn lm_resume_after_a_crash_equals_an_uninterrupted_run() {
     assert!(matches!(err, TrainError::Resume { .. }), "{err}");
 }
 
+#[test]
+fn recomputing_layers_trains_what_a_plain_run_trains_and_resumes_either_way() {
+    let root = temp_dir("lm-recompute");
+    let model_dir = write_model(&root.join("model"), 4);
+    let data_path = write_examples(&root.join("train.json"), &examples(6));
+    let plain_config = LmTrainConfig {
+        decay: Decay::Linear,
+        clip_grad_norm: Some(0.5),
+        ..tiny_lm_config(2)
+    };
+    let recomputing = LmTrainConfig {
+        recompute_layers: true,
+        ..plain_config.clone()
+    };
+    let data = lm::load_instructions(&data_path, &tokenizer(&model_dir), Some(EOS), &plain_config)
+        .unwrap();
+    let device = Default::default();
+    let base = || Llama::<TrainBackend>::from_pretrained(&model_dir, &device).unwrap();
+    let train = |config: &LmTrainConfig, dir: &Path, resume: bool| {
+        lm::train_lm(base(), &data, &checked(config), &run(dir, resume), &device).unwrap()
+    };
+    let plain = train(&plain_config, &root.join("plain"), false);
+    let recomputed = train(&recomputing, &root.join("recomputed"), false);
+    let want = adapter_values_lm(&plain.model);
+    common::assert_close(
+        "recomputed layers",
+        &adapter_values_lm(&recomputed.model),
+        &want,
+        1e-5,
+    );
+    // `run.json` does not record it: the plain run resumes with recomputation.
+    let copy = root.join("copy");
+    copy_epoch(&root.join("plain"), &copy, 1);
+    let resumed = train(&recomputing, &copy, true);
+    common::assert_close("resumed", &adapter_values_lm(&resumed.model), &want, 1e-5);
+    // The tolerance is far below what one epoch moves the adapters.
+    let first_epoch = adapter_values_lm(&load_epoch_one(&copy));
+    let gap = first_epoch
+        .iter()
+        .zip(&want)
+        .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        gap > 1e-3,
+        "the second epoch moved the adapters by only {gap}"
+    );
+}
+
 /// The adapted model of the epoch-1 checkpoint of a run in `dir`.
 fn load_epoch_one(dir: &Path) -> Llama<Selected> {
     let model_dir = dir.parent().unwrap().join("model");

@@ -248,6 +248,25 @@ fn a_checkpointed_run_trains_what_a_plain_run_trains() {
         &trained_values(&plain.model),
         1e-5,
     );
+    // What `train image --checkpointing` runs: each encoder block recomputed.
+    let recomputing = ImageTrainConfig {
+        recompute_layers: true,
+        ..config.clone()
+    };
+    let recomputed = train::train_image(
+        vit::<TrainBackend>(&device),
+        &dataset,
+        &checked(&recomputing),
+        &run(&root.join("recomputed"), false),
+        &device,
+    )
+    .unwrap();
+    common::assert_close(
+        "recomputed blocks",
+        &trained_values(&recomputed.model),
+        &trained_values(&plain.model),
+        1e-5,
+    );
 }
 
 /// The dtypes of a model's 2-D parameters, and whether any 1-D one left f32.

@@ -4,6 +4,8 @@ use std::path::Path;
 
 use burn::module::Module;
 use burn::nn::Embedding;
+use burn::optim::GradientsParams;
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, backend::Backend};
 use peanut::AdaptedLinear;
 use peanut::io::PeftPaths;
@@ -300,6 +302,44 @@ impl<B: Backend> Llama<B> {
     }
 }
 
+impl<B: AutodiffBackend> Llama<B> {
+    /// The gradients of a loss of the final hidden states, with each decoder layer's
+    /// activations recomputed in the backward pass instead of kept: gradient checkpointing at
+    /// the layer boundary, as transformers' `gradient_checkpointing_enable` does
+    /// ([`crate::recompute`]). Memory holds every layer's input and one layer's activations
+    /// instead of all layers' activations, for one more forward pass of the layers; the
+    /// gradients are those of the backward of `loss(self.hidden(input_ids))` up to float
+    /// rounding.
+    ///
+    /// `loss` gets what [`Llama::hidden`] returns and gives back the scalar to differentiate
+    /// and whatever the caller wants returned with the gradients.
+    ///
+    /// # Shapes
+    /// - input_ids: `[batch, len]`
+    pub fn recompute_backward<O>(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        loss: impl FnOnce(Tensor<B, 3>) -> (Tensor<B, 1>, O),
+    ) -> (O, GradientsParams) {
+        let [_, len] = input_ids.dims();
+        let device = input_ids.device();
+        let (cos, sin) = rotary_tables::<B>(&self.inverse_frequencies, 0, len, &[], &device);
+        let mask = attention_mask::<B>(len, len, &[], &device);
+        let (cos_inner, sin_inner) = (cos.clone().inner(), sin.clone().inner());
+        let mask_inner = mask.clone().inner();
+        let embedded = self.model.embed_tokens.forward(input_ids);
+        let first = cast_to(embedded, self.model.norm.weight.val().dtype());
+        crate::recompute::recompute_blocks(
+            self,
+            &self.model.layers,
+            first,
+            |layer, x| layer.forward(x, &cos_inner, &sin_inner, &mask_inner, None),
+            |layer, x| layer.forward(x, &cos, &sin, &mask, None),
+            |x| loss(self.model.norm.forward(x)),
+        )
+    }
+}
+
 const LLAMA_LINEARS: [&str; 7] = [
     "self_attn.q_proj",
     "self_attn.k_proj",
@@ -375,5 +415,96 @@ impl<B: Backend> AdaptableModel<B> for Llama<B> {
 
     fn peft_paths(&self) -> Box<dyn PeftPaths> {
         Box::new(LlamaPeftPaths)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+    use burn::backend::{Autodiff, NdArray};
+    use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+    use burn::tensor::{Int, Tensor, TensorData};
+    use peanut::{FrozenStorage, PeanutConfig, Quantization};
+
+    use crate::adaptable::AdaptableModel;
+    use crate::llama::{Llama, LlamaConfig};
+    use crate::recompute::tests::{assert_same_gradients, gradient_values};
+    use crate::targets::Targets;
+
+    type B = Autodiff<NdArray>;
+
+    fn ids(rows: usize, len: usize, vocab: usize) -> Tensor<B, 2, Int> {
+        let ids: Vec<i64> = (0..rows * len)
+            .map(|i| ((i * 7 + 3) % vocab) as i64)
+            .collect();
+        Tensor::from_data(TensorData::new(ids, [rows, len]), &Default::default())
+    }
+
+    /// A loss of `forward_loss`'s shape: the head's cross-entropy on every position but the
+    /// last.
+    fn loss(model: &Llama<B>, hidden: Tensor<B, 3>) -> Tensor<B, 1> {
+        let [rows, len, width] = hidden.dims();
+        let n = rows * (len - 1);
+        let flat = hidden.narrow(1, 0, len - 1).reshape([n, width]);
+        let targets = ids(1, n, model.config.vocab_size).reshape([n]);
+        model.head_loss(flat, targets).0
+    }
+
+    /// Recomputing every layer in the backward gives the gradients of the plain backward:
+    /// adapters of every layer (after one update, so that no factor is zero), and with `whole`
+    /// every weight, the tied embedding among them (the first layer's and the head's graphs
+    /// both reach it).
+    fn check(config: LlamaConfig, storage: FrozenStorage, whole: bool) {
+        crate::ops::register_autodiff::<NdArray, NoCheckpointing>();
+        let device = Default::default();
+        let mut model: Llama<B> = config.init_in(3, &device, storage).unwrap();
+        model
+            .add_adapters(
+                &Targets::llama_qkv_up_down(),
+                &PeanutConfig::new(4).into(),
+                5,
+            )
+            .unwrap();
+        // Trained whole: the tied embedding takes gradients from the first layer and the head.
+        let model = model.with_trainable_base(whole);
+        let input = ids(2, 9, config.vocab_size);
+        let grads = GradientsParams::from_grads(
+            loss(&model, model.hidden(input.clone())).backward(),
+            &model,
+        );
+        let model = SgdConfig::new().init().step(0.5, model, grads);
+
+        let plain_loss = loss(&model, model.hidden(input.clone()));
+        let plain = gradient_values(
+            &model,
+            &GradientsParams::from_grads(plain_loss.backward(), &model),
+        );
+        let (recomputed_loss, grads) = model.recompute_backward(input, |hidden| {
+            let value = loss(&model, hidden);
+            (value.clone(), value)
+        });
+        let (a, b) = (plain_loss.into_scalar(), recomputed_loss.into_scalar());
+        assert!((a - b).abs() <= 1e-6 * a.abs(), "loss {a} vs {b}");
+        // Each PEANuT adapter has at least two tensors; 5 sites per layer; trained whole, also
+        // the 7 weights and 2 norms of each layer, the final norm and the embedding.
+        let per_layer = if whole { 2 * 5 + 9 } else { 2 * 5 };
+        let least = per_layer * config.num_hidden_layers + 2 * usize::from(whole);
+        assert_same_gradients(&plain, &gradient_values(&model, &grads), least);
+    }
+
+    #[test]
+    fn recompute_backward_equals_the_plain_backward() {
+        check(LlamaConfig::tiny(), FrozenStorage::default(), false);
+        check(LlamaConfig::tiny(), FrozenStorage::default(), true);
+    }
+
+    #[test]
+    fn recompute_backward_on_a_quantized_base() {
+        let config = LlamaConfig::new(64, 64, 128, 3, 4, 2).with_max_position_embeddings(64);
+        check(
+            config,
+            FrozenStorage::default().with_quantization(Some(Quantization::Nf4)),
+            false,
+        );
     }
 }

@@ -271,13 +271,43 @@ impl<B: Backend> Vit<B> {
         self.vit.layernorm.forward(x)
     }
 
+    /// The gradients of a loss of the class logits, with each encoder block's activations
+    /// recomputed in the backward pass instead of kept: gradient checkpointing at the block
+    /// boundary ([`crate::recompute`]), as [`crate::Llama::recompute_backward`]. The gradients
+    /// are those of the backward of `loss(self.forward(pixel_values))` up to float rounding.
+    ///
+    /// # Shapes
+    /// - pixel_values: `[batch, num_channels, image_size, image_size]`
+    pub fn recompute_backward<O>(
+        &self,
+        pixel_values: Tensor<B, 4>,
+        loss: impl FnOnce(Tensor<B, 2>) -> (Tensor<B, 1>, O),
+    ) -> (O, burn::optim::GradientsParams)
+    where
+        B: burn::tensor::backend::AutodiffBackend,
+    {
+        let first = self.vit.embeddings.forward(pixel_values);
+        crate::recompute::recompute_blocks(
+            self,
+            &self.vit.encoder.layer,
+            first,
+            |layer, x| layer.forward(x),
+            |layer, x| layer.forward(x),
+            |x| loss(self.logits_of_features(self.vit.layernorm.forward(x))),
+        )
+    }
+
     /// Class logits from the CLS token.
     ///
     /// # Shapes
     /// - pixel_values: `[batch, num_channels, image_size, image_size]`
     /// - output: `[batch, num_labels]`
     pub fn forward(&self, pixel_values: Tensor<B, 4>) -> Tensor<B, 2> {
-        let features = self.features(pixel_values);
+        self.logits_of_features(self.features(pixel_values))
+    }
+
+    /// The classifier on the CLS token of [`Vit::features`].
+    fn logits_of_features(&self, features: Tensor<B, 3>) -> Tensor<B, 2> {
         let [batch, _, d] = features.dims();
         let cls = features.narrow(1, 0, 1).reshape([batch, d]);
         self.classifier.forward(cls)

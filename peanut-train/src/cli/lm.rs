@@ -149,6 +149,7 @@ impl TrainLmArgs {
             val_size: self.val_size,
             precision: self.execution.precision,
             quantize: self.execution.quantize,
+            recompute_layers: self.execution.checkpointing,
         }
     }
 }

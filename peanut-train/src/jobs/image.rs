@@ -7,7 +7,7 @@ use peanut_models::vit::ImageProcessorConfig;
 
 use super::infer::MergeJob;
 use super::load::{load_vit, read_dataset};
-use crate::backend::{self, CheckpointedTrainBackend, TrainBackend};
+use crate::backend::{self, TrainBackend};
 use crate::data::Normalization;
 use crate::error::Result;
 use crate::export::write_labels;
@@ -30,7 +30,8 @@ pub struct ImageJob {
     pub merged: bool,
     /// The devices to train on (`--devices`).
     pub devices: train::DeviceSpec,
-    /// Gradient checkpointing (`--checkpointing`).
+    /// Gradient checkpointing (`--checkpointing`): each encoder block's activations are
+    /// recomputed in the backward pass ([`train::ImageTrainConfig::recompute_layers`]).
     pub checkpointing: bool,
 }
 
@@ -100,27 +101,20 @@ pub fn train_image_job(job: &ImageJob) -> Result<TrainImageOutcome> {
         }
         config = config.with_normalization(Normalization::from_processor(&processor));
     }
+    if job.checkpointing {
+        // Each encoder block is recomputed in the backward pass (`Vit::recompute_backward`).
+        // No check constrains it.
+        config.unconstrained_mut().recompute_layers = true;
+    }
     let config = &config;
-    // The training backend is a type: gradient checkpointing picks the other one.
-    let trained = if job.checkpointing {
-        let model = load_vit::<CheckpointedTrainBackend>(
-            &model_dir,
-            Some(data.classes.len()),
-            Some(config.image_size),
-            config.seed,
-            config.storage(),
-        )?;
-        train::train_image_on(model, &data, config, &job.run, &devices)?
-    } else {
-        let model = load_vit::<TrainBackend>(
-            &model_dir,
-            Some(data.classes.len()),
-            Some(config.image_size),
-            config.seed,
-            config.storage(),
-        )?;
-        train::train_image_on(model, &data, config, &job.run, &devices)?
-    };
+    let model = load_vit::<TrainBackend>(
+        &model_dir,
+        Some(data.classes.len()),
+        Some(config.image_size),
+        config.seed,
+        config.storage(),
+    )?;
+    let trained = train::train_image_on(model, &data, config, &job.run, &devices)?;
     if trained.skipped_images + trained.skipped_valid_images > 0 {
         println!(
             "unreadable images left out during the run: {} in training, {} in validation \

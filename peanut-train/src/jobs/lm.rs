@@ -9,7 +9,7 @@ use peanut_models::llama::{GenerationConfig, LlamaConfig, Sampling, Tokenizer};
 use peanut_models::{AdaptableModel, Llama};
 
 use super::load::resolve_model_dir;
-use crate::backend::{self, CheckpointedTrainBackend, Selected, TrainBackend};
+use crate::backend::{self, Selected, TrainBackend};
 use crate::data::instruct::{self, Instruction, Task};
 use crate::error::{Result, TrainError};
 use crate::export::adapter_dir;
@@ -36,7 +36,8 @@ pub struct LmJob {
     pub merged: bool,
     /// The devices to train on (`--devices`).
     pub devices: train::DeviceSpec,
-    /// Gradient checkpointing (`--checkpointing`).
+    /// Gradient checkpointing (`--checkpointing`): each decoder layer's activations are
+    /// recomputed in the backward pass ([`LmTrainConfig::recompute_layers`]).
     pub checkpointing: bool,
 }
 
@@ -224,15 +225,16 @@ pub fn train_lm_job(job: &LmJob) -> Result<()> {
         lowered.cutoff_len = context;
         config = lowered.check()?;
     }
+    if job.checkpointing {
+        // No check constrains it.
+        config.unconstrained_mut().recompute_layers = true;
+    }
     let config = &config;
     train::check_run_dir(&job.run.dir, &job.data, &job.run.model)?;
     let tokenizer = load_tokenizer(&model_dir)?;
-    // The training backend is a type: gradient checkpointing picks the other one.
-    let trained = if job.checkpointing {
-        train_lm_on::<CheckpointedTrainBackend>(job, config, &model_dir, &tokenizer, &devices)?
-    } else {
-        train_lm_on::<TrainBackend>(job, config, &model_dir, &tokenizer, &devices)?
-    };
+    // Gradient checkpointing recomputes each decoder layer in the backward pass
+    // (`Llama::recompute_backward`), on the usual training backend.
+    let trained = train_lm_on::<TrainBackend>(job, config, &model_dir, &tokenizer, &devices)?;
     println!("{} trainable parameters", trained.trainable_params);
     let export_dir = job.run.dir.join("export");
     let written = train::export_atomically(&export_dir, |staging| {

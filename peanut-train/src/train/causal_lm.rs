@@ -1,7 +1,9 @@
 //! Causal-LM instruction tuning as an [`Objective`]: a [`Llama`]'s next-token cross-entropy on
 //! the response tokens, and what the metrics read of it ([`LmOutput`]).
 
-use burn::tensor::backend::Backend;
+use burn::module::AutodiffModule;
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor};
 use burn::train::ItemLazy;
 use burn::train::metric::{Adaptor, LossInput};
@@ -9,7 +11,7 @@ use peanut_models::Llama;
 
 use super::guard::LossValue;
 use super::metrics::{TokenCount, TokenPredictions};
-use super::step::{Objective, Trainee};
+use super::step::{Objective, Trainee, divided};
 use crate::data::LmBatch;
 
 /// What one causal-LM step reports to the metrics.
@@ -66,11 +68,19 @@ pub type CausalLm<B> = Trainee<B, Llama<B>>;
 /// Next-token cross-entropy of a batch, averaged over the tokens that carry loss (the
 /// response; prompt and padding are ignored).
 pub fn forward_loss<B: Backend>(model: &Llama<B>, batch: LmBatch<B>) -> LmOutput<B> {
-    let [rows, len] = batch.input_ids.dims();
+    let hidden = model.hidden(batch.input_ids.clone());
+    loss_of_hidden(model, hidden, batch)
+}
+
+/// [`forward_loss`] from the final hidden states of `batch.input_ids` ([`Llama::hidden`]).
+fn loss_of_hidden<B: Backend>(
+    model: &Llama<B>,
+    hidden: Tensor<B, 3>,
+    batch: LmBatch<B>,
+) -> LmOutput<B> {
+    let [rows, len, width] = hidden.dims();
     // The head runs on the rows that carry loss only, and its logits are never held whole
     // (`Llama::head_loss`).
-    let hidden = model.hidden(batch.input_ids);
-    let width = hidden.dims()[2];
     let shifted = hidden
         .narrow(1, 0, len - 1)
         .reshape([rows * (len - 1), width]);
@@ -93,6 +103,20 @@ impl<B: Backend> Objective<B> for Llama<B> {
     fn objective(&self, batch: LmBatch<B>) -> (Tensor<B, 1>, LmOutput<B>) {
         let output = forward_loss(self, batch);
         (output.loss.clone(), output)
+    }
+
+    /// [`Llama::recompute_backward`]: every decoder layer is recomputed in the backward pass.
+    fn recompute_grads(&self, batch: LmBatch<B>, divisor: usize) -> (GradientsParams, LmOutput<B>)
+    where
+        B: AutodiffBackend,
+        Self: AutodiffModule<B>,
+    {
+        let ids = batch.input_ids.clone();
+        let (output, grads) = self.recompute_backward(ids, |hidden| {
+            let output = loss_of_hidden(self, hidden, batch);
+            (divided(output.loss.clone(), divisor), output)
+        });
+        (grads, output)
     }
 
     fn save_peft(&self, dir: &std::path::Path) -> crate::error::Result<()> {

@@ -88,6 +88,9 @@ pub struct Recipe<'a, C: Serialize> {
     pub decay: Decay,
     /// Clip the global gradient norm to this value.
     pub clip_grad_norm: Option<f32>,
+    /// Recompute the activations of the model's repeated blocks in the backward pass
+    /// ([`StepSettings::recompute_layers`]).
+    pub recompute_layers: bool,
 }
 
 /// What [`fit`] returns: the trained model on the inference backend, and its trainable
@@ -246,6 +249,7 @@ where
         grad_accumulation: recipe.grad_accumulation,
         steps_per_epoch: per_epoch,
         rescale_partial: recipe.accumulation == Accumulation::Mean,
+        recompute_layers: recipe.recompute_layers,
     };
     let trainee = Trainee::new(model, guard.clone(), settings);
     let learner = Learner::new(trainee, optimizer.init(), scheduler);

@@ -73,6 +73,13 @@ pub struct ImageTrainConfig {
     /// [`peanut::quant`]), or `None` for float storage in `precision`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantize: Option<peanut::Quantization>,
+    /// Recompute each encoder block's activations in the backward pass instead of keeping
+    /// them (`train image --checkpointing`; [`peanut_models::Vit::recompute_backward`]): memory
+    /// for the activations of one block instead of all, for one more forward pass. It changes
+    /// no result beyond float rounding, so `run.json` does not record it and a run may resume
+    /// with or without it.
+    #[serde(skip)]
+    pub recompute_layers: bool,
 }
 
 impl Default for ImageTrainConfig {
@@ -100,6 +107,7 @@ impl Default for ImageTrainConfig {
             normalization: Normalization::VIT,
             precision: Precision::F32,
             quantize: None,
+            recompute_layers: false,
         }
     }
 }
@@ -280,6 +288,7 @@ pub fn train_image_on<B: AutodiffBackend>(
         warmup: Warmup::Fraction(config.warmup_ratio),
         decay: config.decay,
         clip_grad_norm: config.clip_grad_norm,
+        recompute_layers: config.recompute_layers,
     };
     let loaders = |order, per_device| -> Loaders<B, Vit<B>> {
         let train = DataLoaderBuilder::<B, SampleRef, _>::new(train_batcher.clone())

@@ -78,6 +78,13 @@ pub struct LmTrainConfig {
     /// [`peanut::quant`]), or `None` for float storage in `precision`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantize: Option<peanut::Quantization>,
+    /// Recompute each decoder layer's activations in the backward pass instead of keeping
+    /// them (`train lm --checkpointing`; [`peanut_models::Llama::recompute_backward`]): memory
+    /// for the activations of one layer instead of all, for one more forward pass. It changes
+    /// no result beyond float rounding, so `run.json` does not record it and a run may resume
+    /// with or without it.
+    #[serde(skip)]
+    pub recompute_layers: bool,
 }
 
 impl Default for LmTrainConfig {
@@ -110,6 +117,7 @@ impl Default for LmTrainConfig {
             val_size: 120,
             precision: Precision::F32,
             quantize: None,
+            recompute_layers: false,
         }
     }
 }
@@ -333,6 +341,7 @@ pub fn train_lm_on<B: AutodiffBackend>(
         warmup: Warmup::Steps(config.warmup_steps),
         decay: config.decay,
         clip_grad_norm: config.clip_grad_norm,
+        recompute_layers: config.recompute_layers,
     };
     let loaders = |order, per_device| -> Loaders<B, Llama<B>> {
         let train = DataLoaderBuilder::<B, SampleRef, _>::new(LmBatcher::new(train, PAD_ID))

@@ -37,6 +37,20 @@ pub trait Objective<B: Backend>: Module<B> {
     /// The mean loss of `batch` (shape `[1]`) and the metrics' view of the step.
     fn objective(&self, batch: Self::Batch) -> (Tensor<B, 1>, Self::Output);
 
+    /// The gradients of [`Objective::objective`]'s loss divided by `divisor`, and the metrics'
+    /// view, with the activations of the model's repeated blocks recomputed in the backward
+    /// pass instead of kept ([`StepSettings::recompute_layers`]). The default, for a model
+    /// without such a path, keeps them: the loss's own backward.
+    fn recompute_grads(&self, batch: Self::Batch, divisor: usize) -> (GradientsParams, Self::Output)
+    where
+        B: AutodiffBackend,
+        Self: AutodiffModule<B>,
+    {
+        let (loss, output) = self.objective(batch);
+        let grads = GradientsParams::from_grads(divided(loss, divisor).backward(), self);
+        (grads, output)
+    }
+
     /// Visits the parameters of the head (the group trained at [`LearningRates::head`]); the
     /// default, no head, puts every parameter in the other group.
     fn visit_head<V: ModuleVisitor<B>>(&self, _visitor: &mut V) {}
@@ -47,6 +61,15 @@ pub trait Objective<B: Backend>: Module<B> {
     /// # Errors
     /// What [`check_peft_adapters`] refuses, or a failed write.
     fn save_peft(&self, dir: &Path) -> Result<()>;
+}
+
+/// `loss / divisor` (the loss itself for 1).
+pub(crate) fn divided<B: Backend>(loss: Tensor<B, 1>, divisor: usize) -> Tensor<B, 1> {
+    if divisor > 1 {
+        loss / divisor as f32
+    } else {
+        loss
+    }
 }
 
 /// Refuses a model [`Objective::save_peft`] cannot write: one without adapters, or with
@@ -110,6 +133,9 @@ pub struct StepSettings {
     /// accumulated passes are averaged, as transformers' Trainer averages over the passes it
     /// actually ran).
     pub rescale_partial: bool,
+    /// Compute the gradients with [`Objective::recompute_grads`]: the activations of the
+    /// model's repeated blocks are recomputed in the backward pass instead of kept.
+    pub recompute_layers: bool,
 }
 
 /// The gradient sum of the steps since the last update, shared by every copy of a [`Trainee`]
@@ -250,13 +276,13 @@ where
     /// The loss, its gradients and the metrics' view, with no read-back to the host: the
     /// loss guard reads the loss on the metrics thread (see [`super::guard`]).
     fn step(&self, batch: M::Batch) -> TrainOutput<M::Output> {
+        let divisor = self.settings.loss_divisor;
+        if self.settings.recompute_layers {
+            let (grads, item) = self.model.recompute_grads(batch, divisor);
+            return TrainOutput { grads, item };
+        }
         let (loss, output) = self.model.objective(batch);
-        let loss = if self.settings.loss_divisor > 1 {
-            loss / self.settings.loss_divisor as f32
-        } else {
-            loss
-        };
-        TrainOutput::new(self, loss.backward(), output)
+        TrainOutput::new(self, divided(loss, divisor).backward(), output)
     }
 
     /// Adds this step's gradients (on several devices, burn has summed the devices' shares)
@@ -280,12 +306,7 @@ where
             let mut pending = shared.lock().unwrap_or_else(PoisonError::into_inner);
             let grads = match pending.grads.take() {
                 Some(mut sum) => {
-                    let mut add = AddGrads::<B> {
-                        from: grads,
-                        into: &mut sum,
-                        _backend: PhantomData,
-                    };
-                    self.model.visit(&mut add);
+                    peanut_models::recompute::add_into::<B, M>(&mut sum, grads, &self.model);
                     sum
                 }
                 None => grads,
@@ -353,25 +374,6 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for TakeGrads<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(grad) = self.from.remove::<B::InnerBackend, D>(param.id) {
             self.into.register::<B::InnerBackend, D>(param.id, grad);
-        }
-    }
-}
-
-/// Adds the gradients in `from` to those in `into`, parameter by parameter (`into` first).
-struct AddGrads<'a, B: AutodiffBackend> {
-    from: GradientsParams,
-    into: &'a mut GradientsParams,
-    _backend: PhantomData<B>,
-}
-
-impl<B: AutodiffBackend> ModuleVisitor<B> for AddGrads<'_, B> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if let Some(grad) = self.from.remove::<B::InnerBackend, D>(param.id) {
-            let sum = match self.into.remove::<B::InnerBackend, D>(param.id) {
-                Some(sum) => sum + grad,
-                None => grad,
-            };
-            self.into.register::<B::InnerBackend, D>(param.id, sum);
         }
     }
 }
