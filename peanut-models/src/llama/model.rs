@@ -486,9 +486,11 @@ mod tests {
         let (a, b) = (plain_loss.into_scalar(), recomputed_loss.into_scalar());
         assert!((a - b).abs() <= 1e-6 * a.abs(), "loss {a} vs {b}");
         // Each PEANuT adapter has at least two tensors; 5 sites per layer; trained whole, also
-        // the 7 weights and 2 norms of each layer, the final norm and the embedding.
+        // the 7 weights and 2 norms of each layer, the final norm, the embedding and an untied
+        // head.
         let per_layer = if whole { 2 * 5 + 9 } else { 2 * 5 };
-        let least = per_layer * config.num_hidden_layers + 2 * usize::from(whole);
+        let heads = usize::from(whole) * (2 + usize::from(!config.tie_word_embeddings));
+        let least = per_layer * config.num_hidden_layers + heads;
         assert_same_gradients(&plain, &gradient_values(&model, &grads), least);
     }
 
@@ -496,6 +498,8 @@ mod tests {
     fn recompute_backward_equals_the_plain_backward() {
         check(LlamaConfig::tiny(), FrozenStorage::default(), false);
         check(LlamaConfig::tiny(), FrozenStorage::default(), true);
+        let tied = LlamaConfig::tiny().with_tie_word_embeddings(true);
+        check(tied, FrozenStorage::default(), true);
     }
 
     #[test]
