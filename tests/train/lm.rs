@@ -408,13 +408,15 @@ fn recomputing_layers_trains_what_a_plain_run_trains_and_resumes_either_way() {
         "recomputed layers",
         &adapter_values_lm(&recomputed.model),
         &want,
-        1e-5,
+        // Two epochs of float reordering (ndarray's reductions sum in another order when a
+        // block runs alone); far below what an epoch moves the adapters (checked below).
+        1e-4,
     );
     // `run.json` does not record it: the plain run resumes with recomputation.
     let copy = root.join("copy");
     copy_epoch(&root.join("plain"), &copy, 1);
     let resumed = train(&recomputing, &copy, true);
-    common::assert_close("resumed", &adapter_values_lm(&resumed.model), &want, 1e-5);
+    common::assert_close("resumed", &adapter_values_lm(&resumed.model), &want, 1e-4);
     // The tolerance is far below what one epoch moves the adapters.
     let first_epoch = adapter_values_lm(&load_epoch_one(&copy));
     let gap = first_epoch
