@@ -422,21 +422,19 @@ fn lm_train_on<B: AutodiffBackend<Device = burn::tensor::Device<Selected>>>(step
                 )
             })
             .collect();
-        let loss_of = |model: &Llama<B>, hidden: Tensor<B, 3>, targets, n: usize| {
+        let loss_of = |model: &Llama<B>, hidden: Tensor<B, 3>, targets| {
             let width = hidden.dims()[2];
             let rows = share * lm_tokens();
-            model.head_loss(hidden.reshape([rows, width]), targets).0 / n as f32
+            model.head_loss(hidden.reshape([rows, width]), targets).0
         };
         let (loss, grads) = step_grads(&model, parts, &device, |model, (inputs, targets), n| {
             if checkpointing() {
                 model.recompute_backward(inputs, |hidden| {
-                    let loss = loss_of(model, hidden, targets, n);
+                    let loss = loss_of(model, hidden, targets) / n as f32;
                     (loss.clone(), loss)
                 })
             } else {
-                let loss = loss_of(model, model.hidden(inputs), targets, n);
-                let grads = GradientsParams::from_grads(loss.backward(), model);
-                (loss, grads)
+                backward_of(model, loss_of(model, model.hidden(inputs), targets), n)
             }
         });
         model = optimizer.step(3e-4, model.clone(), grads);

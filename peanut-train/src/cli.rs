@@ -348,7 +348,6 @@ impl TrainImageArgs {
             config: self.config(),
             merged: self.run_dir.merged,
             devices: self.execution.devices.clone(),
-            checkpointing: self.execution.checkpointing,
         }
     }
 

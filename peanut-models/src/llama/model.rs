@@ -266,14 +266,19 @@ impl<B: Backend> Llama<B> {
         };
         let (cos, sin) = rotary_tables::<B>(&self.inverse_frequencies, offset, len, pads, &device);
         let mask = attention_mask::<B>(len, offset + len, pads, &device);
-        // Rows of a half-precision embedding are widened to the norms' type (f32).
-        let embedded = self.model.embed_tokens.forward(input_ids);
-        let mut x = cast_to(embedded, self.model.norm.weight.val().dtype());
+        let mut x = self.embed(input_ids);
         for (i, layer) in self.model.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|cache| (cache, i));
             x = layer.forward(x, &cos, &sin, &mask, layer_cache);
         }
         self.model.norm.forward(x)
+    }
+
+    /// The token embeddings of `input_ids`, in the norms' type (rows of a half-precision
+    /// embedding are widened to f32).
+    fn embed(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let embedded = self.model.embed_tokens.forward(input_ids);
+        cast_to(embedded, self.model.norm.weight.val().dtype())
     }
 
     /// An empty cache for this model.
@@ -327,12 +332,10 @@ impl<B: AutodiffBackend> Llama<B> {
         let mask = attention_mask::<B>(len, len, &[], &device);
         let (cos_inner, sin_inner) = (cos.clone().inner(), sin.clone().inner());
         let mask_inner = mask.clone().inner();
-        let embedded = self.model.embed_tokens.forward(input_ids);
-        let first = cast_to(embedded, self.model.norm.weight.val().dtype());
         crate::recompute::recompute_blocks(
             self,
             &self.model.layers,
-            first,
+            self.embed(input_ids),
             |layer, x| layer.forward(x, &cos_inner, &sin_inner, &mask_inner, None),
             |layer, x| layer.forward(x, &cos, &sin, &mask, None),
             |x| loss(self.model.norm.forward(x)),

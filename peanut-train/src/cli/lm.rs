@@ -123,7 +123,6 @@ impl TrainLmArgs {
             config,
             merged: self.run_dir.merged,
             devices: self.execution.devices.clone(),
-            checkpointing: self.execution.checkpointing,
         }
     }
 

@@ -28,11 +28,9 @@ pub struct ImageJob {
     pub config: ImageTrainConfig,
     /// Also write the merged model to `<run directory>/merged`.
     pub merged: bool,
-    /// The devices to train on (`--devices`).
+    /// The devices to train on (`--devices`). Gradient checkpointing (`--checkpointing`) is
+    /// [`train::ImageTrainConfig::recompute_layers`].
     pub devices: train::DeviceSpec,
-    /// Gradient checkpointing (`--checkpointing`): each encoder block's activations are
-    /// recomputed in the backward pass ([`train::ImageTrainConfig::recompute_layers`]).
-    pub checkpointing: bool,
 }
 
 impl ImageJob {
@@ -51,7 +49,6 @@ impl ImageJob {
             config,
             merged: false,
             devices: train::DeviceSpec::default(),
-            checkpointing: false,
         }
     }
 }
@@ -100,11 +97,6 @@ pub fn train_image_job(job: &ImageJob) -> Result<TrainImageOutcome> {
             eprintln!("{note}");
         }
         config = config.with_normalization(Normalization::from_processor(&processor));
-    }
-    if job.checkpointing {
-        // Each encoder block is recomputed in the backward pass (`Vit::recompute_backward`).
-        // No check constrains it.
-        config.unconstrained_mut().recompute_layers = true;
     }
     let config = &config;
     let model = load_vit::<TrainBackend>(

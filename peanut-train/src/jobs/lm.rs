@@ -34,11 +34,9 @@ pub struct LmJob {
     pub config: LmTrainConfig,
     /// Also write the merged model to `<run directory>/merged`.
     pub merged: bool,
-    /// The devices to train on (`--devices`).
+    /// The devices to train on (`--devices`). Gradient checkpointing (`--checkpointing`) is
+    /// [`LmTrainConfig::recompute_layers`].
     pub devices: train::DeviceSpec,
-    /// Gradient checkpointing (`--checkpointing`): each decoder layer's activations are
-    /// recomputed in the backward pass ([`LmTrainConfig::recompute_layers`]).
-    pub checkpointing: bool,
 }
 
 impl LmJob {
@@ -62,7 +60,6 @@ impl LmJob {
             config,
             merged: false,
             devices: train::DeviceSpec::default(),
-            checkpointing: false,
         }
     }
 }
@@ -224,10 +221,6 @@ pub fn train_lm_job(job: &LmJob) -> Result<()> {
         let mut lowered = (*config).clone();
         lowered.cutoff_len = context;
         config = lowered.check()?;
-    }
-    if job.checkpointing {
-        // No check constrains it.
-        config.unconstrained_mut().recompute_layers = true;
     }
     let config = &config;
     train::check_run_dir(&job.run.dir, &job.data, &job.run.model)?;

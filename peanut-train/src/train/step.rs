@@ -46,9 +46,7 @@ pub trait Objective<B: Backend>: Module<B> {
         B: AutodiffBackend,
         Self: AutodiffModule<B>,
     {
-        let (loss, output) = self.objective(batch);
-        let grads = GradientsParams::from_grads(divided(loss, divisor).backward(), self);
-        (grads, output)
+        plain_grads(self, batch, divisor)
     }
 
     /// Visits the parameters of the head (the group trained at [`LearningRates::head`]); the
@@ -61,6 +59,18 @@ pub trait Objective<B: Backend>: Module<B> {
     /// # Errors
     /// What [`check_peft_adapters`] refuses, or a failed write.
     fn save_peft(&self, dir: &Path) -> Result<()>;
+}
+
+/// The gradients of `model`'s loss on `batch` divided by `divisor`, from the loss's own
+/// backward pass, and the metrics' view.
+fn plain_grads<B, M>(model: &M, batch: M::Batch, divisor: usize) -> (GradientsParams, M::Output)
+where
+    B: AutodiffBackend,
+    M: Objective<B> + AutodiffModule<B>,
+{
+    let (loss, output) = model.objective(batch);
+    let grads = GradientsParams::from_grads(divided(loss, divisor).backward(), model);
+    (grads, output)
 }
 
 /// `loss / divisor` (the loss itself for 1).
@@ -277,12 +287,12 @@ where
     /// loss guard reads the loss on the metrics thread (see [`super::guard`]).
     fn step(&self, batch: M::Batch) -> TrainOutput<M::Output> {
         let divisor = self.settings.loss_divisor;
-        if self.settings.recompute_layers {
-            let (grads, item) = self.model.recompute_grads(batch, divisor);
-            return TrainOutput { grads, item };
-        }
-        let (loss, output) = self.model.objective(batch);
-        TrainOutput::new(self, divided(loss, divisor).backward(), output)
+        let (grads, item) = if self.settings.recompute_layers {
+            self.model.recompute_grads(batch, divisor)
+        } else {
+            plain_grads(&self.model, batch, divisor)
+        };
+        TrainOutput { grads, item }
     }
 
     /// Adds this step's gradients (on several devices, burn has summed the devices' shares)
